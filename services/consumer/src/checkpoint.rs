@@ -1,0 +1,102 @@
+//! A consumer's row in `consumers`: its running totals and its checkpoint, which therefore
+//! always commit together.
+
+use sqlx::PgPool;
+
+/// What has been applied, as of the last commit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    pub total_distance: f64,
+    pub ride_count: i64,
+    pub last_seq: i64,
+    pub last_stream_id: String,
+}
+
+/// How a commit attempt ended.
+pub enum Commit {
+    Done(Checkpoint),
+    /// The failure simulation rolled the transaction back after the work, before the commit.
+    SimulatedCrash,
+    /// The row was not where this process left it: another process with the same name moved it.
+    Moved,
+}
+
+const REGISTER: &str =
+    "INSERT INTO consumers (stream, name) VALUES ($1, $2) ON CONFLICT (stream, name) DO NOTHING";
+const LOAD: &str = "
+    SELECT total_distance::float8, ride_count, last_seq, last_stream_id
+    FROM consumers WHERE stream = $1 AND name = $2";
+/// Adds the batch (exact NUMERIC sum) and moves the checkpoint, only from where we left it.
+const APPLY: &str = "
+    UPDATE consumers SET
+        total_distance = total_distance
+            + (SELECT COALESCE(SUM(d::numeric), 0) FROM unnest($3::text[]) AS d),
+        ride_count = ride_count + cardinality($3::text[]),
+        last_seq = $4,
+        last_stream_id = $5,
+        updated_at = now()
+    WHERE stream = $1 AND name = $2 AND last_seq = $6 AND last_stream_id = $7
+    RETURNING total_distance::float8, ride_count";
+
+/// Registers the consumer (so the streamer never trims what it has not read) and loads its
+/// checkpoint.
+pub async fn load(pool: &PgPool, stream: &str, name: &str) -> Result<Checkpoint, sqlx::Error> {
+    sqlx::query(REGISTER)
+        .bind(stream)
+        .bind(name)
+        .execute(pool)
+        .await?;
+    let (total_distance, ride_count, last_seq, last_stream_id) = sqlx::query_as(LOAD)
+        .bind(stream)
+        .bind(name)
+        .fetch_one(pool)
+        .await?;
+    Ok(Checkpoint {
+        total_distance,
+        ride_count,
+        last_seq,
+        last_stream_id,
+    })
+}
+
+/// Applies `distances` and moves the checkpoint from `from` to (`last_seq`, `last_stream_id`)
+/// in one transaction. With probability `crash_rate` the transaction is rolled back after the
+/// update, as a crash between the work and the commit would.
+#[allow(clippy::too_many_arguments)]
+pub async fn commit(
+    pool: &PgPool,
+    stream: &str,
+    name: &str,
+    from: &Checkpoint,
+    distances: &[String],
+    last_seq: i64,
+    last_stream_id: &str,
+    crash_rate: f64,
+) -> Result<Commit, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let row: Option<(f64, i64)> = sqlx::query_as(APPLY)
+        .bind(stream)
+        .bind(name)
+        .bind(distances)
+        .bind(last_seq)
+        .bind(last_stream_id)
+        .bind(from.last_seq)
+        .bind(&from.last_stream_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some((total_distance, ride_count)) = row else {
+        tx.rollback().await?;
+        return Ok(Commit::Moved);
+    };
+    if rand::random_bool(crash_rate) {
+        tx.rollback().await?;
+        return Ok(Commit::SimulatedCrash);
+    }
+    tx.commit().await?;
+    Ok(Commit::Done(Checkpoint {
+        total_distance,
+        ride_count,
+        last_seq,
+        last_stream_id: last_stream_id.into(),
+    }))
+}

@@ -1,0 +1,226 @@
+//! The consumer loop: read the stream from the checkpoint, plan the batch, commit totals and
+//! checkpoint together. Every failure (Redis or Postgres down, a simulated crash) resumes from
+//! the last committed checkpoint, which is what makes at-least-once delivery exact.
+
+use std::time::Duration;
+
+use redis::{aio::ConnectionManager, streams::StreamReadReply};
+use rocket_rides_platform::{
+    retry::Backoff, shutdown::CancellationToken, stream::dead_letter_stream,
+};
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::{
+    checkpoint::{self, Checkpoint, Commit},
+    plan::{self, Gap, Plan},
+};
+
+/// How long one XREAD waits for new entries.
+pub const BLOCK: Duration = Duration::from_secs(2);
+
+pub struct Settings {
+    pub stream: String,
+    pub name: String,
+    pub batch_size: u32,
+    pub crash_rate: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConsumeError {
+    #[error("Postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("another consumer named {0:?} moved this checkpoint; run one process per name")]
+    Moved(String),
+}
+
+enum Stop {
+    Cancelled,
+    Gap(Gap),
+}
+
+pub struct Consumer {
+    settings: Settings,
+    pool: PgPool,
+    redis: ConnectionManager,
+    /// The committed checkpoint, for GetTotal (None until first loaded).
+    published: watch::Sender<Option<Checkpoint>>,
+    /// False once a gap is found: the service is then held NOT_SERVING.
+    sound: watch::Sender<bool>,
+}
+
+impl Consumer {
+    pub fn new(
+        settings: Settings,
+        pool: PgPool,
+        redis: ConnectionManager,
+        published: watch::Sender<Option<Checkpoint>>,
+        sound: watch::Sender<bool>,
+    ) -> Self {
+        Self {
+            settings,
+            pool,
+            redis,
+            published,
+            sound,
+        }
+    }
+
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.consume(&cancel, &mut backoff).await {
+                Ok(Stop::Cancelled) => return,
+                Ok(Stop::Gap(gap)) => return self.halt(gap, cancel).await,
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?delay, "consuming interrupted; resuming from the last committed checkpoint");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn consume(
+        &self,
+        cancel: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> Result<Stop, ConsumeError> {
+        let Settings { stream, name, .. } = &self.settings;
+        let mut at = checkpoint::load(&self.pool, stream, name).await?;
+        tracing::info!(
+            last_seq = at.last_seq,
+            last_stream_id = %at.last_stream_id,
+            ride_count = at.ride_count,
+            "reading the log from the checkpoint"
+        );
+        self.published.send_replace(Some(at.clone()));
+        loop {
+            let entries = tokio::select! {
+                _ = cancel.cancelled() => return Ok(Stop::Cancelled),
+                read = self.read(&at.last_stream_id) => read?,
+            };
+            backoff.reset();
+            if entries.is_empty() {
+                continue;
+            }
+            let plan = plan::plan(&entries, at.last_seq);
+            self.set_aside(&plan).await?;
+            if let Some(last_stream_id) = &plan.last_stream_id {
+                match checkpoint::commit(
+                    &self.pool,
+                    stream,
+                    name,
+                    &at,
+                    &plan.distances,
+                    plan.last_seq,
+                    last_stream_id,
+                    self.settings.crash_rate,
+                )
+                .await?
+                {
+                    Commit::Done(next) => {
+                        tracing::debug!(
+                            applied = plan.distances.len(),
+                            duplicates = plan.duplicates,
+                            last_seq = next.last_seq,
+                            "batch committed"
+                        );
+                        if plan.duplicates > 0 {
+                            tracing::debug!(
+                                duplicates = plan.duplicates,
+                                "skipped records already applied"
+                            );
+                        }
+                        at = next;
+                        self.published.send_replace(Some(at.clone()));
+                    }
+                    Commit::SimulatedCrash => {
+                        tracing::info!(
+                            records = plan.distances.len(),
+                            "simulated failure: crashed before commit; re-reading from the checkpoint"
+                        );
+                        continue;
+                    }
+                    Commit::Moved => return Err(ConsumeError::Moved(name.clone())),
+                }
+            }
+            if let Some(gap) = plan.gap {
+                return Ok(Stop::Gap(gap));
+            }
+        }
+    }
+
+    async fn read(&self, from: &str) -> Result<Vec<redis::streams::StreamId>, redis::RedisError> {
+        let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(self.settings.batch_size)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.settings.stream)
+            .arg(from)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .collect())
+    }
+
+    /// Copies entries that are not valid records to the dead-letter stream before the
+    /// checkpoint passes them, so none is silently dropped.
+    async fn set_aside(&self, plan: &Plan) -> Result<(), redis::RedisError> {
+        if plan.malformed.is_empty() {
+            return Ok(());
+        }
+        let dead_letters = dead_letter_stream(&self.settings.stream);
+        let mut pipe = redis::pipe();
+        for (id, error) in &plan.malformed {
+            tracing::error!(stream_id = %id, %error, dead_letters = %dead_letters, "malformed entry set aside");
+            pipe.cmd("XADD")
+                .arg(&dead_letters)
+                .arg("*")
+                .arg("source_stream")
+                .arg(&self.settings.stream)
+                .arg("source_id")
+                .arg(id)
+                .arg("consumer")
+                .arg(&self.settings.name)
+                .arg("error")
+                .arg(error.to_string())
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.redis.clone()).await
+    }
+
+    /// A gap means records were lost from the stream (trimmed or lost by Redis) before this
+    /// consumer read them. Applying what follows would make the total silently wrong, so the
+    /// consumer stops, reports NOT_SERVING and says so until it is shut down.
+    async fn halt(self, gap: Gap, cancel: CancellationToken) {
+        self.sound.send_replace(false);
+        loop {
+            tracing::error!(
+                expected_seq = gap.expected_seq,
+                found_seq = gap.found_seq,
+                stream_id = %gap.stream_id,
+                "gap in the log: records {}..{} are missing from the stream; stopped consuming. \
+                 The total is exact up to seq {}; rebuild this consumer (delete its row in \
+                 `consumers` to start over from a complete stream) or restore the stream",
+                gap.expected_seq,
+                gap.found_seq - 1,
+                gap.expected_seq - 1,
+            );
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            }
+        }
+    }
+}

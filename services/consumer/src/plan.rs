@@ -1,0 +1,139 @@
+//! Deciding what a batch of stream entries does to a consumer, before touching the database.
+//! Pure, so the exactly-once rules are tested here without Redis or Postgres.
+
+use redis::streams::StreamId as Entry;
+use rocket_rides_platform::record::{LogRecord, RecordError};
+
+/// What a batch does, given the sequence number last applied.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Distances (exact decimals) of the records to apply, in order.
+    pub distances: Vec<String>,
+    /// Records already applied (double sends and re-sends).
+    pub duplicates: usize,
+    /// Entries that are not valid records: set aside, never applied.
+    pub malformed: Vec<(String, RecordError)>,
+    /// The checkpoint after the batch: last sequence applied and last entry read.
+    pub last_seq: i64,
+    pub last_stream_id: Option<String>,
+    /// A record that is not the next one: everything between was lost.
+    pub gap: Option<Gap>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub expected_seq: i64,
+    pub found_seq: i64,
+    pub stream_id: String,
+}
+
+/// Applies `seq == last + 1`, skips `seq <= last`, and stops before the first `seq > last + 1`.
+pub fn plan(entries: &[Entry], last_seq: i64) -> Plan {
+    let mut plan = Plan {
+        last_seq,
+        ..Plan::default()
+    };
+    for entry in entries {
+        match LogRecord::from_entry(entry) {
+            Err(e) => plan.malformed.push((entry.id.clone(), e)),
+            Ok(record) if record.seq <= plan.last_seq => plan.duplicates += 1,
+            Ok(record) if record.seq == plan.last_seq + 1 => {
+                plan.last_seq = record.seq;
+                plan.distances.push(record.distance);
+            }
+            Ok(record) => {
+                plan.gap = Some(Gap {
+                    expected_seq: plan.last_seq + 1,
+                    found_seq: record.seq,
+                    stream_id: entry.id.clone(),
+                });
+                return plan;
+            }
+        }
+        plan.last_stream_id = Some(entry.id.clone());
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::Value;
+
+    use super::*;
+
+    fn entry(id: &str, seq: i64, distance: &str) -> Entry {
+        let fields = [
+            ("seq", seq.to_string()),
+            ("ride_id", seq.to_string()),
+            ("distance", distance.to_string()),
+        ];
+        Entry {
+            id: id.into(),
+            map: fields
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), Value::BulkString(v.into_bytes())))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn applies_in_order_and_skips_double_sends() {
+        let batch = [
+            entry("1-0", 1, "1.5"),
+            entry("1-1", 2, "2"),
+            entry("1-2", 1, "1.5"),
+            entry("1-3", 2, "2"),
+            entry("1-4", 3, "3"),
+        ];
+        let p = plan(&batch, 0);
+        assert_eq!(p.distances, ["1.5", "2", "3"]);
+        assert_eq!(p.duplicates, 2);
+        assert_eq!(p.last_seq, 3);
+        assert_eq!(p.last_stream_id.as_deref(), Some("1-4"));
+        assert_eq!(p.gap, None);
+    }
+
+    #[test]
+    fn a_resend_after_a_crash_is_all_duplicates() {
+        let batch = [entry("5-0", 4, "1"), entry("5-1", 5, "1")];
+        let p = plan(&batch, 5);
+        assert!(p.distances.is_empty());
+        assert_eq!(p.duplicates, 2);
+        assert_eq!(p.last_seq, 5);
+        assert_eq!(p.last_stream_id.as_deref(), Some("5-1"));
+    }
+
+    #[test]
+    fn stops_before_a_gap_and_keeps_what_came_before() {
+        let batch = [
+            entry("1-0", 8, "1"),
+            entry("1-1", 10, "1"),
+            entry("1-2", 9, "1"),
+        ];
+        let p = plan(&batch, 7);
+        assert_eq!(p.distances, ["1"]);
+        assert_eq!(p.last_seq, 8);
+        assert_eq!(p.last_stream_id.as_deref(), Some("1-0"));
+        assert_eq!(
+            p.gap,
+            Some(Gap {
+                expected_seq: 9,
+                found_seq: 10,
+                stream_id: "1-1".into()
+            })
+        );
+    }
+
+    #[test]
+    fn malformed_entries_are_set_aside_and_passed() {
+        let mut bad = entry("1-1", 2, "-4");
+        bad.map.remove("seq");
+        let batch = [entry("1-0", 1, "1"), bad, entry("1-2", 2, "2")];
+        let p = plan(&batch, 0);
+        assert_eq!(p.distances, ["1", "2"]);
+        assert_eq!(p.malformed.len(), 1);
+        assert_eq!(p.malformed[0].0, "1-1");
+        assert_eq!(p.last_stream_id.as_deref(), Some("1-2"));
+    }
+}

@@ -1,0 +1,16 @@
+//! What every Rocket Rides service shares: configuration from the environment, logging, the
+//! Postgres pool and schema, the Redis connection, gRPC health and reflection, shutdown on
+//! signals, and the log record that travels from the outbox through the stream to consumers.
+
+pub mod config;
+pub mod db;
+pub mod grpc;
+pub mod health;
+pub mod record;
+pub mod redis;
+pub mod retry;
+pub mod shutdown;
+pub mod stream;
+pub mod telemetry;
+
+pub use config::ConfigError;
