@@ -63,12 +63,12 @@ export DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/rocketrides
 export REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 "$bin/rocket-rides-api" migrate
 
-run api env LISTEN_ADDR=127.0.0.1:$API_PORT OTEL_SERVICE_NAME=rocket-rides-api "$bin/rocket-rides-api"
-run streamer env LISTEN_ADDR=127.0.0.1:50053 DOUBLE_SEND_RATE=$FAILURE_RATE \
+run api env LISTEN_ADDR=127.0.0.1:$API_PORT METRICS_ADDR=127.0.0.1:9101 OTEL_SERVICE_NAME=rocket-rides-api "$bin/rocket-rides-api"
+run streamer env LISTEN_ADDR=127.0.0.1:50053 METRICS_ADDR=127.0.0.1:9102 DOUBLE_SEND_RATE=$FAILURE_RATE \
   OTEL_SERVICE_NAME=rocket-rides-streamer "$bin/rocket-rides-streamer"
-run consumer0 env LISTEN_ADDR=127.0.0.1:50052 CONSUMER_NAME=consumer0 CRASH_RATE=$FAILURE_RATE \
+run consumer0 env LISTEN_ADDR=127.0.0.1:50052 METRICS_ADDR=127.0.0.1:9103 CONSUMER_NAME=consumer0 CRASH_RATE=$FAILURE_RATE \
   OTEL_SERVICE_NAME=rocket-rides-consumer "$bin/rocket-rides-consumer"
-run consumer1 env LISTEN_ADDR=127.0.0.1:50062 CONSUMER_NAME=consumer1 CRASH_RATE=$FAILURE_RATE \
+run consumer1 env LISTEN_ADDR=127.0.0.1:50062 METRICS_ADDR=127.0.0.1:9104 CONSUMER_NAME=consumer1 CRASH_RATE=$FAILURE_RATE \
   OTEL_SERVICE_NAME=rocket-rides-consumer "$bin/rocket-rides-consumer"
 run simulator env LISTEN_ADDR=127.0.0.1:50054 API_URL=http://127.0.0.1:$API_PORT \
   RIDES_PER_SECOND=$RIDES_PER_SECOND CONSUMER_URLS=http://127.0.0.1:50052,http://127.0.0.1:50062 \
@@ -80,7 +80,9 @@ Rocket Rides Log is up. The simulator prints both consumers' totals every 5 s. T
   grpcurl -plaintext -d '{"distance": 12.5}' 127.0.0.1:$API_PORT rocketrides.v1.RideService/CreateRide
   grpcurl -plaintext 127.0.0.1:50052 rocketrides.v1.ConsumerService/GetTotal
   psql $DATABASE_URL -c 'SELECT SUM(distance), COUNT(*) FROM rides'
-Traces: ${OTEL_EXPORTER_OTLP_ENDPOINT:-off (set OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 to export)}
+Metrics: curl 127.0.0.1:9101/metrics (api), :9102 (streamer: backlog, stream length, consumer lag),
+         :9103 (consumer0), :9104 (consumer1)
+Traces: ${OTEL_EXPORTER_OTLP_ENDPOINT:-off; run a Jaeger all-in-one and start with OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317}
 Ctrl-C stops everything.
 ------------------------------------------------------------------------------------------------
 BANNER

@@ -11,6 +11,7 @@ use anyhow::Context;
 use rocket_rides_platform::{
     config, db, grpc,
     health::{self, Dependency, Health},
+    metrics,
     retry::Backoff,
     shutdown, telemetry,
 };
@@ -21,20 +22,23 @@ const USAGE: &str = "usage: rocket-rides-api [migrate]\n  (no argument)  serve R
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init()?;
-    match std::env::args().nth(1).as_deref() {
+    let telemetry = telemetry::init("rocket-rides-api")?;
+    let result = match std::env::args().nth(1).as_deref() {
         None => serve().await,
         Some("migrate") => migrate().await,
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
         }
-        Some(other) => anyhow::bail!("unknown command {other:?}\n{USAGE}"),
-    }
+        Some(other) => Err(anyhow::anyhow!("unknown command {other:?}\n{USAGE}")),
+    };
+    telemetry.shutdown().await;
+    result
 }
 
 async fn serve() -> anyhow::Result<()> {
     let addr = config::listen_addr("LISTEN_ADDR", "0.0.0.0:50051")?;
+    metrics::install()?;
     let pool = db::pool(db::options_from_env()?, 16)?;
     let cancel = shutdown::on_signal();
     let health = Health::new(SERVICE).await;

@@ -1,11 +1,13 @@
 //! `RideService`: a ride and its log record are written by one statement, hence one
 //! transaction, so the log can never carry a ride the database does not have.
 
+use rocket_rides_platform::telemetry::propagation;
 use rocket_rides_proto::v1::{
     CreateRideRequest, CreateRideResponse, ride_service_server::RideService,
 };
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::{error::RideError, validate};
 
@@ -37,14 +39,20 @@ impl Rides {
         let distance = validate::distance(req.distance)?;
         let key = validate::idempotency_key(&req.idempotency_key)?;
         let decimal = validate::decimal(distance);
+        // The call's own span travels with the record, so the streamer and every consumer
+        // join this trace.
+        let trace = propagation::of_span(&tracing::Span::current());
         let inserted: Option<i64> = sqlx::query_scalar(INSERT_RIDE)
             .bind(&decimal)
             .bind(key)
-            .bind(None::<String>)
-            .bind(None::<String>)
+            .bind(&trace.traceparent)
+            .bind(&trace.tracestate)
             .fetch_optional(&self.pool)
+            .instrument(db_span("INSERT rides, staged_log_records"))
             .await?;
         if let Some(ride_id) = inserted {
+            tracing::Span::current().record("ride.id", ride_id);
+            metrics::counter!("rocket_rides_rides_created_total").increment(1);
             tracing::debug!(ride_id, distance, "ride created");
             return Ok(CreateRideResponse {
                 ride_id,
@@ -59,6 +67,7 @@ impl Rides {
             .bind(key)
             .bind(&decimal)
             .fetch_one(&self.pool)
+            .instrument(db_span("SELECT rides by idempotency_key"))
             .await?;
         if !same {
             return Err(RideError::KeyReused {
@@ -74,12 +83,29 @@ impl Rides {
     }
 }
 
+/// A child span for one statement, named for what it does.
+fn db_span(statement: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "postgres",
+        otel.name = statement,
+        otel.kind = "client",
+        db.system = "postgresql",
+    )
+}
+
 #[tonic::async_trait]
 impl RideService for Rides {
     async fn create_ride(
         &self,
         request: Request<CreateRideRequest>,
     ) -> Result<Response<CreateRideResponse>, Status> {
-        Ok(Response::new(self.create(request.into_inner()).await?))
+        let request = request.into_inner();
+        let span = tracing::info_span!(
+            "CreateRide",
+            ride.distance = request.distance,
+            ride.idempotent = !request.idempotency_key.is_empty(),
+            ride.id = tracing::field::Empty,
+        );
+        Ok(Response::new(self.create(request).instrument(span).await?))
     }
 }

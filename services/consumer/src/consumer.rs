@@ -2,14 +2,18 @@
 //! checkpoint together. Every failure (Redis or Postgres down, a simulated crash) resumes from
 //! the last committed checkpoint, which is what makes at-least-once delivery exact.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{aio::ConnectionManager, streams::StreamReadReply};
 use rocket_rides_platform::{
-    retry::Backoff, shutdown::CancellationToken, stream::dead_letter_stream,
+    retry::Backoff,
+    shutdown::CancellationToken,
+    stream::dead_letter_stream,
+    telemetry::propagation::{self, TraceContext},
 };
 use sqlx::PgPool;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::{
     checkpoint::{self, Checkpoint, Commit},
@@ -112,37 +116,14 @@ impl Consumer {
             let plan = plan::plan(&entries, at.last_seq);
             self.set_aside(&plan).await?;
             if let Some(last_stream_id) = &plan.last_stream_id {
-                match checkpoint::commit(
-                    &self.pool,
-                    stream,
-                    name,
-                    &at,
-                    &plan.distances,
-                    plan.last_seq,
-                    last_stream_id,
-                    self.settings.crash_rate,
-                )
-                .await?
-                {
+                match self.apply(&plan, &at, last_stream_id).await? {
                     Commit::Done(next) => {
-                        tracing::debug!(
-                            applied = plan.distances.len(),
-                            duplicates = plan.duplicates,
-                            last_seq = next.last_seq,
-                            "batch committed"
-                        );
-                        if plan.duplicates > 0 {
-                            tracing::debug!(
-                                duplicates = plan.duplicates,
-                                "skipped records already applied"
-                            );
-                        }
                         at = next;
                         self.published.send_replace(Some(at.clone()));
                     }
                     Commit::SimulatedCrash => {
                         tracing::info!(
-                            records = plan.distances.len(),
+                            records = plan.seen.len(),
                             "simulated failure: crashed before commit; re-reading from the checkpoint"
                         );
                         continue;
@@ -154,6 +135,100 @@ impl Consumer {
                 return Ok(Stop::Gap(gap));
             }
         }
+    }
+
+    /// Commits a batch, traced: a span per record in its ride's trace, linked to a span for
+    /// the batch whose child is the commit.
+    async fn apply(
+        &self,
+        plan: &Plan,
+        at: &Checkpoint,
+        last_stream_id: &str,
+    ) -> Result<Commit, sqlx::Error> {
+        let Settings { stream, name, .. } = &self.settings;
+        let started = Instant::now();
+        let distances = plan.distances();
+        let duplicates = plan.duplicates();
+        let batch = tracing::info_span!(
+            "apply batch",
+            otel.kind = "consumer",
+            messaging.system = "redis",
+            messaging.destination.name = %stream,
+            consumer = %name,
+            messaging.batch.message_count = plan.seen.len(),
+            applied = distances.len(),
+            duplicates,
+            log.last_seq = plan.last_seq,
+            simulated.crash = tracing::field::Empty,
+        );
+        let _record_spans: Vec<tracing::Span> = plan
+            .seen
+            .iter()
+            .map(|seen| {
+                let span = tracing::info_span!(
+                    parent: None,
+                    "apply ride",
+                    otel.kind = "consumer",
+                    messaging.system = "redis",
+                    consumer = %name,
+                    ride.id = seen.record.ride_id,
+                    log.seq = seen.record.seq,
+                    stream.id = %seen.stream_id,
+                    duplicate.skipped = seen.duplicate,
+                );
+                propagation::set_remote_parent(
+                    &span,
+                    propagation::context_of(&TraceContext {
+                        traceparent: seen.record.traceparent.clone(),
+                        tracestate: seen.record.tracestate.clone(),
+                    }),
+                );
+                propagation::link(&span, &batch);
+                span
+            })
+            .collect();
+        let commit = checkpoint::commit(
+            &self.pool,
+            stream,
+            name,
+            at,
+            &distances,
+            plan.last_seq,
+            last_stream_id,
+            self.settings.crash_rate,
+        )
+        .instrument(tracing::info_span!(
+            parent: &batch,
+            "postgres",
+            otel.name = "UPDATE consumers, COMMIT",
+            otel.kind = "client",
+            db.system = "postgresql",
+        ))
+        .await?;
+        let crashed = matches!(commit, Commit::SimulatedCrash);
+        batch.record("simulated.crash", crashed);
+        let consumer = name.clone();
+        if crashed {
+            metrics::counter!("rocket_rides_simulated_crashes_total", "consumer" => consumer)
+                .increment(1);
+        } else if let Commit::Done(next) = &commit {
+            metrics::counter!("rocket_rides_records_applied_total", "consumer" => consumer.clone())
+                .increment(distances.len() as u64);
+            metrics::counter!("rocket_rides_duplicates_skipped_total", "consumer" => consumer.clone())
+                .increment(duplicates as u64);
+            metrics::histogram!("rocket_rides_consumer_batch_size", "consumer" => consumer.clone())
+                .record(plan.seen.len() as f64);
+            metrics::histogram!("rocket_rides_consumer_batch_duration_seconds", "consumer" => consumer)
+                .record(started.elapsed().as_secs_f64());
+            tracing::debug!(
+                parent: &batch,
+                applied = distances.len(),
+                duplicates,
+                last_seq = next.last_seq,
+                "batch committed"
+            );
+        }
+        Ok(commit)
     }
 
     async fn read(&self, from: &str) -> Result<Vec<redis::streams::StreamId>, redis::RedisError> {
@@ -184,6 +259,8 @@ impl Consumer {
         let mut pipe = redis::pipe();
         for (id, error) in &plan.malformed {
             tracing::error!(stream_id = %id, %error, dead_letters = %dead_letters, "malformed entry set aside");
+            metrics::counter!("rocket_rides_dead_letters_total", "consumer" => self.settings.name.clone())
+                .increment(1);
             pipe.cmd("XADD")
                 .arg(&dead_letters)
                 .arg("*")
@@ -205,6 +282,8 @@ impl Consumer {
     /// consumer stops, reports NOT_SERVING and says so until it is shut down.
     async fn halt(self, gap: Gap, cancel: CancellationToken) {
         self.sound.send_replace(false);
+        metrics::gauge!("rocket_rides_consumer_gap", "consumer" => self.settings.name.clone())
+            .set(1.0);
         loop {
             tracing::error!(
                 expected_seq = gap.expected_seq,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use rocket_rides_platform::{
     config, db, grpc,
     health::{self, Dependency, Health},
-    redis as redis_conn, shutdown, telemetry,
+    metrics, redis as redis_conn, shutdown, telemetry,
 };
 use rocket_rides_proto::v1::consumer_service_server::ConsumerServiceServer;
 use tokio::sync::watch;
@@ -23,8 +23,9 @@ const SERVICE: &str = "rocketrides.v1.ConsumerService";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init()?;
+    let telemetry = telemetry::init("rocket-rides-consumer")?;
     let addr = config::listen_addr("LISTEN_ADDR", "0.0.0.0:50052")?;
+    metrics::install()?;
     let settings = Settings {
         stream: config::stream_name(),
         name: config::required(
@@ -69,8 +70,9 @@ async fn main() -> anyhow::Result<()> {
         .await;
     cancel.cancel();
     monitor.await.ok();
-    server.await??;
+    let served = server.await?;
     pool.close().await;
     tracing::info!("stopped");
-    Ok(())
+    telemetry.shutdown().await;
+    Ok(served?)
 }

@@ -4,13 +4,20 @@
 use redis::streams::StreamId as Entry;
 use rocket_rides_platform::record::{LogRecord, RecordError};
 
+/// A valid record read from the stream.
+#[derive(Debug, PartialEq)]
+pub struct Seen {
+    pub stream_id: String,
+    pub record: LogRecord,
+    /// Already applied (a double send or a re-send): skipped.
+    pub duplicate: bool,
+}
+
 /// What a batch does, given the sequence number last applied.
 #[derive(Debug, Default, PartialEq)]
 pub struct Plan {
-    /// Distances (exact decimals) of the records to apply, in order.
-    pub distances: Vec<String>,
-    /// Records already applied (double sends and re-sends).
-    pub duplicates: usize,
+    /// Valid records up to the gap (if any), in stream order.
+    pub seen: Vec<Seen>,
     /// Entries that are not valid records: set aside, never applied.
     pub malformed: Vec<(String, RecordError)>,
     /// The checkpoint after the batch: last sequence applied and last entry read.
@@ -36,10 +43,14 @@ pub fn plan(entries: &[Entry], last_seq: i64) -> Plan {
     for entry in entries {
         match LogRecord::from_entry(entry) {
             Err(e) => plan.malformed.push((entry.id.clone(), e)),
-            Ok(record) if record.seq <= plan.last_seq => plan.duplicates += 1,
-            Ok(record) if record.seq == plan.last_seq + 1 => {
-                plan.last_seq = record.seq;
-                plan.distances.push(record.distance);
+            Ok(record) if record.seq <= plan.last_seq + 1 => {
+                let duplicate = record.seq <= plan.last_seq;
+                plan.last_seq = plan.last_seq.max(record.seq);
+                plan.seen.push(Seen {
+                    stream_id: entry.id.clone(),
+                    record,
+                    duplicate,
+                });
             }
             Ok(record) => {
                 plan.gap = Some(Gap {
@@ -53,6 +64,22 @@ pub fn plan(entries: &[Entry], last_seq: i64) -> Plan {
         plan.last_stream_id = Some(entry.id.clone());
     }
     plan
+}
+
+impl Plan {
+    /// Distances (exact decimals) of the records to apply, in order.
+    pub fn distances(&self) -> Vec<String> {
+        self.seen
+            .iter()
+            .filter(|s| !s.duplicate)
+            .map(|s| s.record.distance.clone())
+            .collect()
+    }
+
+    /// How many records were skipped as already applied.
+    pub fn duplicates(&self) -> usize {
+        self.seen.iter().filter(|s| s.duplicate).count()
+    }
 }
 
 #[cfg(test)]
@@ -87,8 +114,8 @@ mod tests {
             entry("1-4", 3, "3"),
         ];
         let p = plan(&batch, 0);
-        assert_eq!(p.distances, ["1.5", "2", "3"]);
-        assert_eq!(p.duplicates, 2);
+        assert_eq!(p.distances(), ["1.5", "2", "3"]);
+        assert_eq!(p.duplicates(), 2);
         assert_eq!(p.last_seq, 3);
         assert_eq!(p.last_stream_id.as_deref(), Some("1-4"));
         assert_eq!(p.gap, None);
@@ -98,8 +125,8 @@ mod tests {
     fn a_resend_after_a_crash_is_all_duplicates() {
         let batch = [entry("5-0", 4, "1"), entry("5-1", 5, "1")];
         let p = plan(&batch, 5);
-        assert!(p.distances.is_empty());
-        assert_eq!(p.duplicates, 2);
+        assert!(p.distances().is_empty());
+        assert_eq!(p.duplicates(), 2);
         assert_eq!(p.last_seq, 5);
         assert_eq!(p.last_stream_id.as_deref(), Some("5-1"));
     }
@@ -112,7 +139,7 @@ mod tests {
             entry("1-2", 9, "1"),
         ];
         let p = plan(&batch, 7);
-        assert_eq!(p.distances, ["1"]);
+        assert_eq!(p.distances(), ["1"]);
         assert_eq!(p.last_seq, 8);
         assert_eq!(p.last_stream_id.as_deref(), Some("1-0"));
         assert_eq!(
@@ -131,7 +158,7 @@ mod tests {
         bad.map.remove("seq");
         let batch = [entry("1-0", 1, "1"), bad, entry("1-2", 2, "2")];
         let p = plan(&batch, 0);
-        assert_eq!(p.distances, ["1", "2"]);
+        assert_eq!(p.distances(), ["1", "2"]);
         assert_eq!(p.malformed.len(), 1);
         assert_eq!(p.malformed[0].0, "1-1");
         assert_eq!(p.last_stream_id.as_deref(), Some("1-2"));

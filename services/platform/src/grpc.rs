@@ -5,6 +5,12 @@ use std::{net::SocketAddr, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::Router, server::TcpIncoming};
+use tower::layer::util::{Identity, Stack};
+
+use crate::grpc_layer::GrpcTelemetryLayer;
+
+/// The router every service builds on: health and reflection behind the telemetry layer.
+pub type GrpcRouter = Router<Stack<GrpcTelemetryLayer, Identity>>;
 
 use crate::health::Health;
 
@@ -28,7 +34,7 @@ pub enum GrpcError {
 
 /// A router serving health and reflection; `services` names the application services that the
 /// caller adds, so reflection lists exactly what this server answers.
-pub fn router(health: &Health, services: &[&str]) -> Result<Router, GrpcError> {
+pub fn router(health: &Health, services: &[&str]) -> Result<GrpcRouter, GrpcError> {
     let reflection = || {
         let mut builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(rocket_rides_proto::FILE_DESCRIPTOR_SET)
@@ -43,6 +49,7 @@ pub fn router(health: &Health, services: &[&str]) -> Result<Router, GrpcError> {
     };
     Ok(Server::builder()
         .timeout(REQUEST_TIMEOUT)
+        .layer(GrpcTelemetryLayer)
         .add_service(health.server())
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?))
@@ -51,7 +58,7 @@ pub fn router(health: &Health, services: &[&str]) -> Result<Router, GrpcError> {
 /// Serves `router` on `addr` until `cancel`, then reports NOT_SERVING, stops accepting and lets
 /// in-flight requests finish (for at most `DRAIN_TIMEOUT`).
 pub async fn serve(
-    router: Router,
+    router: GrpcRouter,
     addr: SocketAddr,
     health: Health,
     cancel: CancellationToken,

@@ -5,7 +5,9 @@
 pub mod config;
 pub mod db;
 pub mod grpc;
+pub mod grpc_layer;
 pub mod health;
+pub mod metrics;
 pub mod record;
 pub mod redis;
 pub mod retry;

@@ -13,7 +13,7 @@ use tonic::transport::{Channel, Endpoint};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init()?;
+    let telemetry = telemetry::init("rocket-rides-simulator")?;
     let addr = config::listen_addr("LISTEN_ADDR", "0.0.0.0:50054")?;
     let api_url = config::var("API_URL").unwrap_or_else(|| "http://127.0.0.1:50051".into());
     let rate: f64 = config::parse_or("RIDES_PER_SECOND", 5.0)?;
@@ -53,9 +53,10 @@ async fn main() -> anyhow::Result<()> {
         reporter.await.ok();
     }
     monitor.await.ok();
-    server.await??;
+    let served = server.await?;
     tracing::info!("stopped");
-    Ok(())
+    telemetry.shutdown().await;
+    Ok(served?)
 }
 
 /// A lazily connecting channel, so the simulator starts before the services it calls.

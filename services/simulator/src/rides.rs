@@ -11,10 +11,11 @@ use std::{
 };
 
 use rand::Rng;
-use rocket_rides_platform::{retry::Backoff, shutdown::CancellationToken};
+use rocket_rides_platform::{retry::Backoff, shutdown::CancellationToken, telemetry::propagation};
 use rocket_rides_proto::v1::{CreateRideRequest, ride_service_client::RideServiceClient};
 use tokio::sync::Semaphore;
 use tonic::{Code, transport::Channel};
+use tracing::Instrument;
 
 /// At most this many rides are in flight at once.
 const MAX_IN_FLIGHT: usize = 64;
@@ -43,10 +44,14 @@ pub async fn run(api: Channel, rate: f64, created: Counter, cancel: Cancellation
             break;
         };
         let (client, created, cancel) = (client.clone(), created.clone(), cancel.clone());
-        tokio::spawn(async move {
-            create_one(client, &created, &cancel).await;
-            drop(permit);
-        });
+        let span = tracing::info_span!("simulate ride", otel.kind = "client");
+        tokio::spawn(
+            async move {
+                create_one(client, &created, &cancel).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
     }
     // Let rides in flight finish, so none is left half-tried.
     let _ = in_flight.acquire_many(MAX_IN_FLIGHT as u32).await;
@@ -64,7 +69,7 @@ async fn create_one(
     };
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        match client.create_ride(request.clone()).await {
+        match client.create_ride(traced(request.clone())).await {
             Ok(response) => {
                 created.0.fetch_add(1, Ordering::Relaxed);
                 let ride = response.into_inner();
@@ -82,6 +87,22 @@ async fn create_one(
             }
         }
     }
+}
+
+/// The request with the current span's trace context in its metadata, so the api's spans
+/// join the simulator's trace.
+fn traced(request: CreateRideRequest) -> tonic::Request<CreateRideRequest> {
+    let mut request = tonic::Request::new(request);
+    let trace = propagation::of_span(&tracing::Span::current());
+    for (key, value) in [
+        ("traceparent", trace.traceparent),
+        ("tracestate", trace.tracestate),
+    ] {
+        if let Some(value) = value.and_then(|v| v.parse().ok()) {
+            request.metadata_mut().insert(key, value);
+        }
+    }
+    request
 }
 
 /// Failures after which the same request may succeed.

@@ -2,6 +2,7 @@
 //! batches, and keeps the stream bounded. Safe to run as several replicas: one leads, the
 //! others stand by. Serves only gRPC health (for probes) on LISTEN_ADDR (default 0.0.0.0:50053).
 
+mod gauges;
 mod streamer;
 mod trim;
 
@@ -10,15 +11,16 @@ use std::time::Duration;
 use rocket_rides_platform::{
     config, db, grpc,
     health::{self, Dependency, Health},
-    redis as redis_conn, shutdown, telemetry,
+    metrics, redis as redis_conn, shutdown, telemetry,
 };
 
 use crate::streamer::{Settings, Streamer};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init()?;
+    let telemetry = telemetry::init("rocket-rides-streamer")?;
     let addr = config::listen_addr("LISTEN_ADDR", "0.0.0.0:50053")?;
+    let metrics_on = metrics::install()?.is_some();
     let settings = Settings {
         stream: config::stream_name(),
         batch_size: config::positive("BATCH_SIZE", 1000)?,
@@ -47,6 +49,14 @@ async fn main() -> anyhow::Result<()> {
         cancel.clone(),
     ));
 
+    let gauges = metrics_on.then(|| {
+        tokio::spawn(gauges::run(
+            pool.clone(),
+            redis.clone(),
+            settings.stream.clone(),
+            cancel.clone(),
+        ))
+    });
     tracing::info!(
         stream = %settings.stream,
         batch_size = settings.batch_size,
@@ -59,8 +69,12 @@ async fn main() -> anyhow::Result<()> {
         .await;
     cancel.cancel();
     monitor.await.ok();
-    server.await??;
+    if let Some(gauges) = gauges {
+        gauges.await.ok();
+    }
+    let served = server.await?;
     pool.close().await;
     tracing::info!("stopped");
-    Ok(())
+    telemetry.shutdown().await;
+    Ok(served?)
 }

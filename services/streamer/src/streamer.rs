@@ -8,15 +8,22 @@
 //! the transaction that read them, under a row lock on the sequence, so two streamers can never
 //! number the same position differently even if leader election were to fail.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use redis::aio::ConnectionManager;
-use rocket_rides_platform::{record::LogRecord, retry::Backoff, shutdown::CancellationToken};
+use rocket_rides_platform::{
+    record::LogRecord,
+    retry::Backoff,
+    shutdown::CancellationToken,
+    telemetry::propagation::{self, TraceContext},
+};
 use sqlx::{
     Connection, PgConnection, PgPool,
     postgres::{PgConnectOptions, PgListener},
 };
+
+use tracing::Instrument;
 
 use crate::trim;
 
@@ -38,6 +45,22 @@ pub enum StreamError {
     Postgres(#[from] sqlx::Error),
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+}
+
+/// Sets the leader gauge while alive, so it drops back to 0 however leadership ends.
+struct Leading;
+
+impl Leading {
+    fn start() -> Self {
+        metrics::gauge!("rocket_rides_streamer_leader").set(1.0);
+        Self
+    }
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        metrics::gauge!("rocket_rides_streamer_leader").set(0.0);
+    }
 }
 
 /// A staged record, as the batch query returns it.
@@ -131,6 +154,7 @@ impl Streamer {
             .await?;
         tracing::info!("leading: streaming staged records");
         backoff.reset();
+        let _leading = Leading::start();
 
         // Rows committed but held back by an older running transaction are retried soon,
         // backing off while that transaction stays open.
@@ -166,10 +190,10 @@ impl Streamer {
 
     /// Streams one batch and returns how many records it moved.
     async fn stream_batch(&mut self, session: &mut PgConnection) -> Result<usize, StreamError> {
-        let stream = &self.settings.stream;
+        let started = Instant::now();
         let mut tx = session.begin().await?;
         let last_seq: i64 = sqlx::query_scalar(LAST_SEQ)
-            .bind(stream)
+            .bind(&self.settings.stream)
             .fetch_one(&mut *tx)
             .await?;
         let rows: Vec<StagedRow> = sqlx::query_as(READY_ROWS)
@@ -180,51 +204,107 @@ impl Streamer {
             tx.rollback().await?;
             return Ok(0);
         }
-        let mut ids = Vec::with_capacity(rows.len());
+        let count = rows.len();
+        let new_last = last_seq + count as i64;
+        let batch = tracing::info_span!(
+            "stream batch",
+            otel.kind = "producer",
+            messaging.system = "redis",
+            messaging.destination.name = %self.settings.stream,
+            messaging.batch.message_count = count,
+            log.first_seq = last_seq + 1,
+            log.last_seq = new_last,
+            simulated.double_send = tracing::field::Empty,
+        );
+        // Each record gets a span in its ride's trace, linked to this batch; the stream entry
+        // carries that span's context on to the consumers.
+        let mut ids = Vec::with_capacity(count);
+        let mut record_spans = Vec::with_capacity(count);
         let mut xadd = redis::pipe();
         xadd.atomic();
         for (seq, row) in (last_seq + 1..).zip(rows) {
-            ids.push(row.id);
+            let span = tracing::info_span!(
+                parent: None,
+                "stream ride",
+                otel.kind = "producer",
+                messaging.system = "redis",
+                messaging.destination.name = %self.settings.stream,
+                ride.id = row.ride_id,
+                log.seq = seq,
+            );
+            propagation::set_remote_parent(
+                &span,
+                propagation::context_of(&TraceContext {
+                    traceparent: row.traceparent,
+                    tracestate: row.tracestate,
+                }),
+            );
+            propagation::link(&span, &batch);
+            let trace = propagation::of_span(&span);
             let record = LogRecord {
                 seq,
                 ride_id: row.ride_id,
                 distance: row.distance,
-                traceparent: row.traceparent,
-                tracestate: row.tracestate,
+                traceparent: trace.traceparent,
+                tracestate: trace.tracestate,
             };
             xadd.cmd("XADD")
-                .arg(stream)
+                .arg(&self.settings.stream)
                 .arg("*")
                 .arg(record.fields())
                 .ignore();
+            ids.push(row.id);
+            record_spans.push(span);
         }
-        let sends = if rand::rng().random_bool(self.settings.double_send_rate) {
-            2
-        } else {
-            1
-        };
-        for _ in 0..sends {
-            xadd.query_async::<()>(&mut self.redis).await?;
-        }
-        let new_last = last_seq + ids.len() as i64;
-        sqlx::query("DELETE FROM staged_log_records WHERE id = ANY($1)")
-            .bind(&ids)
-            .execute(&mut *tx)
+        async {
+            let double_send = rand::rng().random_bool(self.settings.double_send_rate);
+            batch.record("simulated.double_send", double_send);
+            for _ in 0..if double_send { 2 } else { 1 } {
+                xadd.query_async::<()>(&mut self.redis)
+                    .instrument(tracing::info_span!(
+                        "redis",
+                        otel.name = "XADD",
+                        otel.kind = "client",
+                        db.system = "redis",
+                        messaging.batch.message_count = count,
+                    ))
+                    .await?;
+            }
+            async {
+                sqlx::query("DELETE FROM staged_log_records WHERE id = ANY($1)")
+                    .bind(&ids)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("UPDATE log_sequences SET last_seq = $2 WHERE stream = $1")
+                    .bind(&self.settings.stream)
+                    .bind(new_last)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await
+            }
+            .instrument(tracing::info_span!(
+                "postgres",
+                otel.name = "DELETE staged_log_records, UPDATE log_sequences, COMMIT",
+                otel.kind = "client",
+                db.system = "postgresql",
+            ))
             .await?;
-        sqlx::query("UPDATE log_sequences SET last_seq = $2 WHERE stream = $1")
-            .bind(stream)
-            .bind(new_last)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        if sends > 1 {
-            tracing::info!(
-                records = ids.len(),
-                first_seq = last_seq + 1,
-                "simulated failure: batch sent twice"
-            );
+            metrics::counter!("rocket_rides_records_streamed_total").increment(count as u64);
+            metrics::histogram!("rocket_rides_streamer_batch_size").record(count as f64);
+            metrics::histogram!("rocket_rides_streamer_batch_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            if double_send {
+                metrics::counter!("rocket_rides_double_sends_total").increment(1);
+                tracing::info!(
+                    records = count,
+                    first_seq = last_seq + 1,
+                    "simulated failure: batch sent twice"
+                );
+            }
+            tracing::debug!(records = count, last_seq = new_last, "batch streamed");
+            Ok(count)
         }
-        tracing::debug!(records = ids.len(), last_seq = new_last, "batch streamed");
-        Ok(ids.len())
+        .instrument(batch.clone())
+        .await
     }
 }

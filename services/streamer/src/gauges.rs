@@ -1,0 +1,72 @@
+//! Gauges measured once a second from the outside of the pipeline, so they keep moving when a
+//! consumer is down: the staged backlog, the stream's length, and each registered consumer's
+//! lag, in log entries and in seconds (how much older its checkpoint is than the newest entry).
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use rocket_rides_platform::{shutdown::CancellationToken, stream::StreamId};
+use sqlx::PgPool;
+
+const EVERY: Duration = Duration::from_secs(1);
+
+const CONSUMERS: &str = "
+    SELECT c.name, COALESCE(s.last_seq, 0) - c.last_seq, c.last_stream_id
+    FROM consumers c LEFT JOIN log_sequences s USING (stream)
+    WHERE c.stream = $1";
+
+pub async fn run(
+    pool: PgPool,
+    mut redis: ConnectionManager,
+    stream: String,
+    cancel: CancellationToken,
+) {
+    loop {
+        if let Err(e) = measure(&pool, &mut redis, &stream).await {
+            tracing::debug!(error = %e, "measuring backlog and lag failed");
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(EVERY) => {}
+        }
+    }
+}
+
+async fn measure(
+    pool: &PgPool,
+    redis: &mut ConnectionManager,
+    stream: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let staged: i64 = sqlx::query_scalar("SELECT count(*) FROM staged_log_records")
+        .fetch_one(pool)
+        .await?;
+    metrics::gauge!("rocket_rides_staged_records").set(staged as f64);
+
+    let len: u64 = redis::cmd("XLEN").arg(stream).query_async(redis).await?;
+    metrics::gauge!("rocket_rides_stream_length").set(len as f64);
+    let newest: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+        .arg(stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(redis)
+        .await?;
+    let newest: Option<StreamId> = newest.first().and_then(|(id, _)| id.parse().ok());
+
+    let consumers: Vec<(String, i64, String)> = sqlx::query_as(CONSUMERS)
+        .bind(stream)
+        .fetch_all(pool)
+        .await?;
+    for (name, behind, checkpoint) in consumers {
+        let behind = behind.max(0);
+        let seconds = match (newest, checkpoint.parse::<StreamId>()) {
+            (Some(newest), Ok(at)) if behind > 0 => newest.ms.saturating_sub(at.ms) as f64 / 1000.0,
+            _ => 0.0,
+        };
+        metrics::gauge!("rocket_rides_consumer_lag_entries", "consumer" => name.clone())
+            .set(behind as f64);
+        metrics::gauge!("rocket_rides_consumer_lag_seconds", "consumer" => name).set(seconds);
+    }
+    Ok(())
+}
