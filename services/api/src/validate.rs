@@ -85,4 +85,26 @@ mod tests {
             Err(RideError::KeyTooLong(256))
         ));
     }
+
+    proptest::proptest! {
+        /// Whatever the client sends, a distance is accepted exactly when it is in range, and
+        /// what is stored reads back as the very same double.
+        #[test]
+        fn any_double_is_accepted_only_in_range(bits in proptest::prelude::any::<u64>()) {
+            let d = f64::from_bits(bits);
+            let in_range = d.is_finite() && d > 0.0 && d <= MAX_DISTANCE;
+            proptest::prop_assert_eq!(distance(Some(d)).is_ok(), in_range);
+            if in_range {
+                let text = decimal(d);
+                proptest::prop_assert!(rocket_rides_platform::record::is_valid_distance(&text));
+                proptest::prop_assert_eq!(text.parse::<f64>().unwrap(), d);
+            }
+        }
+
+        #[test]
+        fn keys_are_accepted_up_to_the_limit(key in "\\PC{0,300}") {
+            let chars = key.chars().count();
+            proptest::prop_assert_eq!(idempotency_key(&key).is_ok(), chars <= MAX_KEY_CHARS);
+        }
+    }
 }

@@ -163,4 +163,64 @@ mod tests {
         assert_eq!(p.malformed[0].0, "1-1");
         assert_eq!(p.last_stream_id.as_deref(), Some("1-2"));
     }
+
+    /// Builds the stream the streamer could have written for records 1..=n: each in order,
+    /// with re-sends of the `k` records up to position `p` wherever `resends` says.
+    fn stream(n: i64, resends: &[(i64, i64)]) -> Vec<i64> {
+        let mut seqs = Vec::new();
+        for seq in 1..=n {
+            seqs.push(seq);
+            for (p, k) in resends {
+                if p % n + 1 == seq {
+                    seqs.extend((seq - k + 1).max(1)..=seq);
+                }
+            }
+        }
+        seqs
+    }
+
+    proptest::proptest! {
+        /// However re-sends interleave and however the reads are cut into batches, every
+        /// record is applied exactly once, in order.
+        #[test]
+        fn each_record_applies_once_whatever_the_resends_and_batching(
+            n in 1i64..80,
+            resends in proptest::collection::vec((0i64..80, 1i64..12), 0..12),
+            cuts in proptest::collection::vec(1usize..25, 1..40),
+        ) {
+            let seqs = stream(n, &resends);
+            let entries: Vec<Entry> = seqs
+                .iter()
+                .enumerate()
+                .map(|(i, seq)| entry(&format!("1-{i}"), *seq, "1"))
+                .collect();
+            let (mut last, mut applied, mut pos) = (0, Vec::new(), 0);
+            for cut in cuts.iter().cycle() {
+                if pos >= entries.len() {
+                    break;
+                }
+                let batch = &entries[pos..(pos + cut).min(entries.len())];
+                let p = plan(batch, last);
+                proptest::prop_assert_eq!(&p.gap, &None);
+                applied.extend(p.seen.iter().filter(|s| !s.duplicate).map(|s| s.record.seq));
+                last = p.last_seq;
+                pos += batch.len();
+            }
+            proptest::prop_assert_eq!(applied, (1..=n).collect::<Vec<_>>());
+        }
+
+        /// A record missing from the stream altogether is always reported, never skipped.
+        #[test]
+        fn a_lost_record_is_always_a_gap(n in 2i64..80, lost in 1i64..80) {
+            let lost = lost % (n - 1) + 1;
+            let entries: Vec<Entry> = (1..=n)
+                .filter(|seq| *seq != lost)
+                .map(|seq| entry(&format!("1-{seq}"), seq, "1"))
+                .collect();
+            let p = plan(&entries, 0);
+            let gap = p.gap.expect("gap reported");
+            proptest::prop_assert_eq!(gap.expected_seq, lost);
+            proptest::prop_assert_eq!(p.last_seq, lost - 1);
+        }
+    }
 }

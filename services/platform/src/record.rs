@@ -177,4 +177,38 @@ mod tests {
             assert!(is_valid_distance(good), "{good:?} was rejected");
         }
     }
+
+    proptest::proptest! {
+        /// Any field values at all: parsing never panics, and whatever it accepts is safe to
+        /// apply (positive numbers, a plain decimal in range).
+        #[test]
+        fn parsing_arbitrary_entries_is_total_and_safe(
+            seq in "\\PC{0,24}",
+            ride_id in "\\PC{0,24}",
+            distance in "[0-9.eE+-]{0,24}|\\PC{0,24}",
+        ) {
+            let fields = [("seq", seq.as_str()), ("ride_id", ride_id.as_str()), ("distance", distance.as_str())];
+            if let Ok(record) = LogRecord::from_entry(&entry(&fields)) {
+                proptest::prop_assert!(record.seq > 0 && record.ride_id > 0);
+                let d: f64 = record.distance.parse().unwrap();
+                proptest::prop_assert!(d > 0.0 && d <= MAX_DISTANCE);
+                proptest::prop_assert!(record.distance.bytes().all(|b| b.is_ascii_digit() || b == b'.'));
+            }
+        }
+
+        /// Every record the streamer can write parses back to itself.
+        #[test]
+        fn written_records_parse_back(seq in 1i64.., ride_id in 1i64.., cents in 1u64..=100_000_000) {
+            let record = LogRecord {
+                seq,
+                ride_id,
+                distance: format!("{}.{:02}", cents / 100, cents % 100),
+                traceparent: None,
+                tracestate: None,
+            };
+            let fields = record.fields();
+            let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            proptest::prop_assert_eq!(LogRecord::from_entry(&entry(&pairs)), Ok(record));
+        }
+    }
 }
