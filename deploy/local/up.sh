@@ -31,16 +31,18 @@ as_pg() {
 }
 [ "$(id -u)" -ne 0 ] || chown -R postgres: "$data/pg"
 
-# Prefixes each line of a process's output with its name.
+# Starts a process in the background, each line of its output prefixed with its name.
+pids=()
 run() {
   local name=$1; shift
-  "$@" 2>&1 | sed -u "s/^/$(printf '%-10s' "$name") | /" &
+  "$@" > >(sed -u "s/^/$(printf '%-10s' "$name") | /") 2>&1 &
+  pids+=($!)
 }
 
 stop() {
   trap - INT TERM EXIT
   echo "stopping..."
-  pkill -TERM -P $$ 2>/dev/null || true
+  kill -TERM "${pids[@]}" 2>/dev/null || true
   as_pg "$pg_bin/pg_ctl" stop -D "$data/pg" -m fast -s 2>/dev/null || true
   redis-cli -p "$REDIS_PORT" shutdown nosave 2>/dev/null || true
   wait 2>/dev/null || true

@@ -256,7 +256,7 @@ impl Streamer {
             ids.push(row.id);
             record_spans.push(span);
         }
-        async {
+        let double_sent = async {
             let double_send = rand::rng().random_bool(self.settings.double_send_rate);
             batch.record("simulated.double_send", double_send);
             for _ in 0..if double_send { 2 } else { 1 } {
@@ -293,18 +293,19 @@ impl Streamer {
             metrics::histogram!("rocket_rides_streamer_batch_size").record(count as f64);
             metrics::histogram!("rocket_rides_streamer_batch_duration_seconds")
                 .record(started.elapsed().as_secs_f64());
-            if double_send {
-                metrics::counter!("rocket_rides_double_sends_total").increment(1);
-                tracing::info!(
-                    records = count,
-                    first_seq = last_seq + 1,
-                    "simulated failure: batch sent twice"
-                );
-            }
             tracing::debug!(records = count, last_seq = new_last, "batch streamed");
-            Ok(count)
+            Ok::<_, StreamError>(double_send)
         }
         .instrument(batch.clone())
-        .await
+        .await?;
+        if double_sent {
+            metrics::counter!("rocket_rides_double_sends_total").increment(1);
+            tracing::info!(
+                records = count,
+                first_seq = last_seq + 1,
+                "simulated failure: batch sent twice"
+            );
+        }
+        Ok(count)
     }
 }

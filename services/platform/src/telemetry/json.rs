@@ -31,7 +31,7 @@ where
         line.insert("level".into(), event.metadata().level().as_str().into());
         line.insert("target".into(), event.metadata().target().into());
         event.record(&mut Fields(&mut line));
-        if let Some(span) = ctx.lookup_current() {
+        if let Some(span) = ctx.parent_span() {
             line.insert("span".into(), span.name().into());
             let cx = tracing::dispatcher::get_default(|dispatch| {
                 tracing_opentelemetry::get_otel_context(&span.id(), dispatch)
