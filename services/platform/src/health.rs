@@ -85,7 +85,7 @@ impl Dependency {
 pub fn spawn_monitor(
     health: Health,
     dependencies: Vec<Dependency>,
-    held: Option<watch::Receiver<bool>>,
+    mut held: Option<watch::Receiver<bool>>,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -107,8 +107,17 @@ pub fn spawn_monitor(
                 health.set_ready(ready).await;
                 last_ready = Some(ready);
             }
+            let held_changed = async {
+                match held.as_mut() {
+                    // A dropped sender never changes again.
+                    Some(h) if h.changed().await.is_ok() => {}
+                    Some(_) => std::future::pending().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = cancel.cancelled() => break,
+                _ = held_changed => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }

@@ -1,0 +1,29 @@
+//! Test harness: real Postgres and Redis servers in throwaway directories on free ports, the
+//! real service binaries as child processes, and helpers that wait on conditions (never on
+//! bare sleeps) and check the invariants in SQL and through GetTotal.
+
+pub mod otlp;
+pub mod postgres;
+pub mod process;
+pub mod redis_server;
+pub mod system;
+pub mod wait;
+
+pub use system::{Bin, System};
+pub use wait::wait_until;
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// Sends `signal` to `pid`.
+pub fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as i32, signal);
+    }
+}

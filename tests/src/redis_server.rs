@@ -1,0 +1,76 @@
+//! A throwaway Redis server with AOF and `appendfsync always`, as production runs it.
+
+use std::{path::Path, time::Duration};
+
+use crate::{free_port, process::Process, wait_until};
+
+pub struct RedisServer {
+    pub port: u16,
+    process: Process,
+}
+
+impl RedisServer {
+    pub async fn start(dir: &Path) -> Self {
+        let data = dir.join("redis");
+        std::fs::create_dir_all(&data).unwrap();
+        let port = free_port();
+        let process = Process::new(
+            "redis",
+            &[
+                "redis-server",
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                data.to_str().unwrap(),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ],
+            &[],
+            dir,
+        );
+        let mut redis = Self { port, process };
+        redis.run().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    async fn run(&mut self) {
+        self.process.start();
+        let url = self.url();
+        wait_until("Redis to answer PING", Duration::from_secs(30), || {
+            let url = url.clone();
+            async move {
+                let client = redis::Client::open(url)?;
+                let mut conn = client.get_multiplexed_async_connection().await?;
+                redis::cmd("PING").query_async::<String>(&mut conn).await
+            }
+        })
+        .await;
+    }
+
+    pub async fn kill(&mut self) {
+        self.process.kill().await;
+    }
+
+    /// Starts again on the same data (the AOF).
+    pub async fn restart(&mut self) {
+        self.run().await;
+    }
+}
