@@ -108,11 +108,13 @@ pub fn spawn_monitor(
                 last_ready = Some(ready);
             }
             let held_changed = async {
-                match held.as_mut() {
-                    // A dropped sender never changes again.
-                    Some(h) if h.changed().await.is_ok() => {}
-                    Some(_) => std::future::pending().await,
-                    None => std::future::pending().await,
+                // No gate, or a dropped sender, never changes again.
+                let changed = match held.as_mut() {
+                    Some(h) => h.changed().await.is_ok(),
+                    None => false,
+                };
+                if !changed {
+                    std::future::pending::<()>().await;
                 }
             };
             tokio::select! {
