@@ -7,12 +7,10 @@ use rocket_rides_tests::{Bin, System, system};
 use tonic::{Code, transport::Channel};
 
 async fn counts(sys: &System) -> (i64, i64) {
-    sqlx::query_as(
-        "SELECT (SELECT COUNT(*) FROM rides), (SELECT COUNT(*) FROM staged_log_records)",
-    )
-    .fetch_one(&sys.db)
-    .await
-    .unwrap()
+    sqlx::query_as("SELECT (SELECT COUNT(*) FROM rides), (SELECT COUNT(*) FROM staged_log_records)")
+        .fetch_one(&sys.db)
+        .await
+        .unwrap()
 }
 
 async fn call(
@@ -52,13 +50,18 @@ async fn bad_input_is_invalid_argument_and_writes_nothing() {
     for (what, distance, key) in bad {
         let status = call(&mut client, distance, &key).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
-        assert!(!status.message().is_empty(), "{what}: the message should say what is wrong");
+        assert!(
+            !status.message().is_empty(),
+            "{what}: the message should say what is wrong"
+        );
     }
     assert_eq!(counts(&sys).await, (0, 0));
 
     // The limits themselves are fine.
     call(&mut client, Some(1_000_000.0), "").await.unwrap();
-    call(&mut client, Some(f64::MIN_POSITIVE), &"k".repeat(255)).await.unwrap();
+    call(&mut client, Some(f64::MIN_POSITIVE), &"k".repeat(255))
+        .await
+        .unwrap();
     assert_eq!(counts(&sys).await, (2, 2));
 }
 
@@ -133,7 +136,10 @@ async fn grpcurl_lists_services_by_reflection_and_creates_a_ride() {
     ] {
         assert!(listed.contains(service), "{service} not listed:\n{listed}");
     }
-    assert!(!listed.contains("ConsumerService"), "the api does not serve it:\n{listed}");
+    assert!(
+        !listed.contains("ConsumerService"),
+        "the api does not serve it:\n{listed}"
+    );
 
     let created = run_grpcurl(&[
         "-plaintext",
@@ -154,7 +160,8 @@ async fn grpcurl_lists_services_by_reflection_and_creates_a_ride() {
     let health = run_grpcurl(&["-plaintext", &api_addr, "grpc.health.v1.Health/Check"]);
     assert!(health.contains("SERVING"), "{health}");
 
-    sys.wait_exact(&[&consumers[0]], Duration::from_secs(60)).await;
+    sys.wait_exact(&[&consumers[0]], Duration::from_secs(60))
+        .await;
     let total = run_grpcurl(&[
         "-plaintext",
         &consumer_addr,

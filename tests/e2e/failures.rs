@@ -17,7 +17,11 @@ const CAUGHT_UP: Duration = Duration::from_secs(120);
 async fn progressed(consumer: &Process, from: i64, more: i64) -> i64 {
     wait_until("the consumer to make progress", CAUGHT_UP, || async {
         let now = total(consumer).await.ride_count;
-        if now >= from + more { Ok(now) } else { Err(now) }
+        if now >= from + more {
+            Ok(now)
+        } else {
+            Err(now)
+        }
     })
     .await
 }
@@ -39,7 +43,8 @@ async fn sigkill_of_streamer_and_consumer_mid_batch_loses_nothing() {
         sys.start_ready(victim).await;
     }
     assert_eq!(load_task.await.unwrap(), 3000);
-    sys.wait_exact(&[&consumers[0], &consumers[1]], CAUGHT_UP).await;
+    sys.wait_exact(&[&consumers[0], &consumers[1]], CAUGHT_UP)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -55,7 +60,8 @@ async fn redis_killed_and_restarted_on_its_data_loses_nothing() {
     sys.redis.kill().await;
     sys.redis.restart().await;
     assert_eq!(load_task.await.unwrap(), 2000);
-    sys.wait_exact(&[&consumers[0], &consumers[1]], CAUGHT_UP).await;
+    sys.wait_exact(&[&consumers[0], &consumers[1]], CAUGHT_UP)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -68,24 +74,36 @@ async fn postgres_outage_is_unavailable_then_recovers_without_restarts() {
     sys.pg.stop_immediate().await;
     let status = system::create(&mut client, 11.0).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-    wait_until("the api to report NOT_SERVING", Duration::from_secs(30), || async {
-        match system::health(&api).await {
-            Ok(ServingStatus::NotServing) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    wait_until(
+        "the api to report NOT_SERVING",
+        Duration::from_secs(30),
+        || async {
+            match system::health(&api).await {
+                Ok(ServingStatus::NotServing) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
 
     sys.pg.restart().await;
-    wait_until("CreateRide to succeed again", Duration::from_secs(60), || {
-        let mut client = client.clone();
-        async move { system::create(&mut client, 12.0).await }
-    })
+    wait_until(
+        "CreateRide to succeed again",
+        Duration::from_secs(60),
+        || {
+            let mut client = client.clone();
+            async move { system::create(&mut client, 12.0).await }
+        },
+    )
     .await;
     system::wait_serving(&api).await;
     sys.wait_exact(&[&consumers[0]], CAUGHT_UP).await;
     let (sum, count) = sys.committed().await;
-    assert_eq!((sum, count), (22.0, 2), "the failed call must have written nothing");
+    assert_eq!(
+        (sum, count),
+        (22.0, 2),
+        "the failed call must have written nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -94,9 +112,17 @@ async fn two_streamers_one_leader_and_the_standby_takes_over() {
     let (api, mut first, consumers) = sys.pipeline(&["consumer0"], &[]).await;
     let mut second = sys.service(Bin::Streamer, "streamer2", &[]);
     sys.start_ready(&mut second).await;
-    wait_until("the second streamer to stand by", Duration::from_secs(30), || async {
-        if second.log().contains("standing by") { Ok(()) } else { Err(second.log_tail(3)) }
-    })
+    wait_until(
+        "the second streamer to stand by",
+        Duration::from_secs(30),
+        || async {
+            if second.log().contains("standing by") {
+                Ok(())
+            } else {
+                Err(second.log_tail(3))
+            }
+        },
+    )
     .await;
     assert!(first.log().contains("leading"));
 
@@ -105,7 +131,11 @@ async fn two_streamers_one_leader_and_the_standby_takes_over() {
     first.kill().await;
     assert_eq!(load(&api, 300, 8).await, 300);
     wait_until("the standby to lead", Duration::from_secs(30), || async {
-        if second.log().contains("leading") { Ok(()) } else { Err(second.log_tail(3)) }
+        if second.log().contains("leading") {
+            Ok(())
+        } else {
+            Err(second.log_tail(3))
+        }
     })
     .await;
     sys.wait_exact(&[&consumers[0]], CAUGHT_UP).await;
@@ -116,10 +146,13 @@ async fn a_gap_in_the_log_stops_the_consumer_loudly() {
     let sys = System::start().await;
     let (api, _streamer, mut consumers) = sys.pipeline(&["consumer0", "consumer1"], &[]).await;
     assert_eq!(load(&api, 50, 4).await, 50);
-    sys.wait_exact(&[&consumers[0], &consumers[1]], CAUGHT_UP).await;
+    sys.wait_exact(&[&consumers[0], &consumers[1]], CAUGHT_UP)
+        .await;
 
     // consumer1 is away when the stream loses entries it has not read (as if Redis lost data).
-    consumers[1].stop(libc::SIGTERM, Duration::from_secs(15)).await;
+    consumers[1]
+        .stop(libc::SIGTERM, Duration::from_secs(15))
+        .await;
     assert_eq!(load(&api, 20, 2).await, 20);
     sys.wait_exact(&[&consumers[0]], CAUGHT_UP).await;
     let mut redis = sys.redis.connection().await;
@@ -142,21 +175,36 @@ async fn a_gap_in_the_log_stops_the_consumer_loudly() {
         .unwrap();
 
     consumers[1].start();
-    wait_until("consumer1 to report the gap", Duration::from_secs(30), || async {
-        if consumers[1].log().contains("gap in the log") { Ok(()) } else { Err(consumers[1].log_tail(3)) }
-    })
+    wait_until(
+        "consumer1 to report the gap",
+        Duration::from_secs(30),
+        || async {
+            if consumers[1].log().contains("gap in the log") {
+                Ok(())
+            } else {
+                Err(consumers[1].log_tail(3))
+            }
+        },
+    )
     .await;
-    wait_until("consumer1 to report NOT_SERVING", Duration::from_secs(10), || async {
-        match system::health(&consumers[1]).await {
-            Ok(ServingStatus::NotServing) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    wait_until(
+        "consumer1 to report NOT_SERVING",
+        Duration::from_secs(10),
+        || async {
+            match system::health(&consumers[1]).await {
+                Ok(ServingStatus::NotServing) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
     // It stopped where the log was still whole: nothing skipped, nothing invented.
     let stuck = total(&consumers[1]).await;
     assert_eq!(stuck.ride_count, 50);
-    assert!(consumers[1].is_running(), "a gap must not crash-loop the consumer");
+    assert!(
+        consumers[1].is_running(),
+        "a gap must not crash-loop the consumer"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -191,12 +239,19 @@ async fn sigterm_stops_every_service_with_exit_code_zero() {
     let mut simulator = sys.service(
         Bin::Simulator,
         "simulator",
-        &[("API_URL", &system::addr_of(&api)), ("RIDES_PER_SECOND", "50")],
+        &[
+            ("API_URL", &system::addr_of(&api)),
+            ("RIDES_PER_SECOND", "50"),
+        ],
     );
     sys.start_ready(&mut simulator).await;
     progressed(&consumers[0], 0, 20).await;
     for mut process in [simulator, api, streamer].into_iter().chain(consumers) {
         let status = process.stop(libc::SIGTERM, Duration::from_secs(15)).await;
-        assert!(status.success(), "{} exited with {status:?}", process.name());
+        assert!(
+            status.success(),
+            "{} exited with {status:?}",
+            process.name()
+        );
     }
 }

@@ -17,12 +17,21 @@ async fn totals_are_exact_with_double_sends_and_simulated_crashes() {
     let (api, streamer, consumers) = sys.pipeline(&["consumer0", "consumer1"], &env).await;
 
     assert_eq!(load(&api, 600, 16).await, 600);
-    sys.wait_exact(&[&consumers[0], &consumers[1]], CAUGHT_UP).await;
+    sys.wait_exact(&[&consumers[0], &consumers[1]], CAUGHT_UP)
+        .await;
 
     // Both failure simulations really happened, and re-sends really reached the stream.
-    assert!(streamer.log().contains("simulated failure: batch sent twice"));
+    assert!(
+        streamer
+            .log()
+            .contains("simulated failure: batch sent twice")
+    );
     for consumer in &consumers {
-        assert!(consumer.log().contains("simulated failure: crashed before commit"));
+        assert!(
+            consumer
+                .log()
+                .contains("simulated failure: crashed before commit")
+        );
     }
     let mut redis = sys.redis.connection().await;
     let entries: usize = redis::cmd("XLEN")
@@ -30,7 +39,10 @@ async fn totals_are_exact_with_double_sends_and_simulated_crashes() {
         .query_async(&mut redis)
         .await
         .unwrap();
-    assert!(entries > 600, "expected re-sent entries, the stream holds {entries}");
+    assert!(
+        entries > 600,
+        "expected re-sent entries, the stream holds {entries}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -40,7 +52,8 @@ async fn totals_are_exact_under_concurrent_load() {
 
     // 48 callers: many API transactions commit out of id order.
     assert_eq!(load(&api, 2400, 48).await, 2400);
-    sys.wait_exact(&[&consumers[0], &consumers[1]], CAUGHT_UP).await;
+    sys.wait_exact(&[&consumers[0], &consumers[1]], CAUGHT_UP)
+        .await;
     let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rides")
         .fetch_one(&sys.db)
         .await
@@ -56,10 +69,13 @@ async fn a_stopped_consumer_loses_nothing_while_the_stream_is_trimmed() {
     let mut redis = sys.redis.connection().await;
 
     assert_eq!(load(&api, 40, 4).await, 40);
-    sys.wait_exact(&[&consumers[0], &consumers[1]], CAUGHT_UP).await;
+    sys.wait_exact(&[&consumers[0], &consumers[1]], CAUGHT_UP)
+        .await;
 
     // consumer1 is away while far more rides than STREAM_MAX_LEN go through.
-    let status = consumers[1].stop(libc::SIGTERM, Duration::from_secs(15)).await;
+    let status = consumers[1]
+        .stop(libc::SIGTERM, Duration::from_secs(15))
+        .await;
     assert!(status.success(), "SIGTERM should exit 0, got {status:?}");
     assert_eq!(load(&api, 300, 8).await, 300);
     sys.wait_exact(&[&consumers[0]], CAUGHT_UP).await;
@@ -68,23 +84,36 @@ async fn a_stopped_consumer_loses_nothing_while_the_stream_is_trimmed() {
         .query_async(&mut redis)
         .await
         .unwrap();
-    assert!(held >= 300, "entries consumer1 needs were trimmed: {held} left");
+    assert!(
+        held >= 300,
+        "entries consumer1 needs were trimmed: {held} left"
+    );
 
     // Back, it catches up exactly; then trimming brings the stream back under the bound.
     sys.start_ready(&mut consumers[1]).await;
-    sys.wait_exact(&[&consumers[0], &consumers[1]], CAUGHT_UP).await;
+    sys.wait_exact(&[&consumers[0], &consumers[1]], CAUGHT_UP)
+        .await;
     assert_eq!(load(&api, 30, 2).await, 30);
-    sys.wait_exact(&[&consumers[0], &consumers[1]], CAUGHT_UP).await;
-    wait_until("the stream to be trimmed to STREAM_MAX_LEN", CAUGHT_UP, || {
-        let mut redis = redis.clone();
-        async move {
-            let len: usize = redis::cmd("XLEN")
-                .arg("rocket-rides-log")
-                .query_async(&mut redis)
-                .await
-                .map_err(|e| e.to_string())?;
-            if len <= 50 { Ok(()) } else { Err(len.to_string()) }
-        }
-    })
+    sys.wait_exact(&[&consumers[0], &consumers[1]], CAUGHT_UP)
+        .await;
+    wait_until(
+        "the stream to be trimmed to STREAM_MAX_LEN",
+        CAUGHT_UP,
+        || {
+            let mut redis = redis.clone();
+            async move {
+                let len: usize = redis::cmd("XLEN")
+                    .arg("rocket-rides-log")
+                    .query_async(&mut redis)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if len <= 50 {
+                    Ok(())
+                } else {
+                    Err(len.to_string())
+                }
+            }
+        },
+    )
     .await;
 }

@@ -30,7 +30,16 @@ impl Postgres {
         }
         let mut initdb = Command::new(bin.join("initdb"));
         initdb
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "-D"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "-D",
+            ])
             .arg(&data);
         if let Some((uid, gid)) = user {
             use std::os::unix::process::CommandExt;
@@ -94,16 +103,22 @@ impl Postgres {
     async fn run(&mut self) {
         self.process.start();
         let url = self.url_for("postgres");
-        wait_until("Postgres to accept connections", Duration::from_secs(30), || {
-            let url = url.clone();
-            async move { PgConnection::connect(&url).await.map(|_| ()) }
-        })
+        wait_until(
+            "Postgres to accept connections",
+            Duration::from_secs(30),
+            || {
+                let url = url.clone();
+                async move { PgConnection::connect(&url).await.map(|_| ()) }
+            },
+        )
         .await;
     }
 
     /// Immediate shutdown (SIGQUIT), as in a crash: no checkpoint, recovery at next start.
     pub async fn stop_immediate(&mut self) {
-        self.process.stop(libc::SIGQUIT, Duration::from_secs(30)).await;
+        self.process
+            .stop(libc::SIGQUIT, Duration::from_secs(30))
+            .await;
     }
 
     /// Starts again on the same data.

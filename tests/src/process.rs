@@ -41,7 +41,10 @@ impl Process {
     }
 
     pub fn env(&self, key: &str) -> Option<&str> {
-        self.env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Changes (or adds) a variable for the next start.
@@ -67,10 +70,10 @@ impl Process {
             use std::os::unix::process::CommandExt;
             cmd.uid(uid).gid(gid);
         }
-        self.child = Some(
-            cmd.spawn()
-                .unwrap_or_else(|e| panic!("cannot start {} ({:?}): {e}", self.name, self.command)),
-        );
+        self.child =
+            Some(cmd.spawn().unwrap_or_else(|e| {
+                panic!("cannot start {} ({:?}): {e}", self.name, self.command)
+            }));
         self
     }
 
@@ -84,7 +87,9 @@ impl Process {
 
     /// Sends `signal` (e.g. `libc::SIGKILL`) and waits for the process to exit.
     pub async fn stop(&mut self, signal: i32, timeout: Duration) -> ExitStatus {
-        let pid = self.pid().unwrap_or_else(|| panic!("{} is not running", self.name));
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| panic!("{} is not running", self.name));
         crate::signal(pid, signal);
         let child = self.child.as_mut().unwrap();
         let status = wait_until(&format!("{} to exit", self.name), timeout, || {

@@ -109,7 +109,12 @@ impl System {
             vars.retain(|(key, _)| key != k);
             vars.push((k.to_string(), v.to_string()));
         }
-        Process::new(name, &[bin_path(bin).to_str().unwrap()], &vars, self.dir.path())
+        Process::new(
+            name,
+            &[bin_path(bin).to_str().unwrap()],
+            &vars,
+            self.dir.path(),
+        )
     }
 
     /// Starts `process` and waits until its health check says SERVING.
@@ -204,10 +209,14 @@ pub fn addr_of(process: &Process) -> String {
 
 pub async fn channel(process: &Process) -> Channel {
     let addr = addr_of(process);
-    wait_until(&format!("{} to accept connections", process.name()), Duration::from_secs(30), || {
-        let addr = addr.clone();
-        async move { Channel::from_shared(addr).unwrap().connect().await }
-    })
+    wait_until(
+        &format!("{} to accept connections", process.name()),
+        Duration::from_secs(30),
+        || {
+            let addr = addr.clone();
+            async move { Channel::from_shared(addr).unwrap().connect().await }
+        },
+    )
     .await
 }
 
@@ -227,12 +236,16 @@ pub async fn health(process: &Process) -> Result<ServingStatus, tonic::Status> {
 }
 
 pub async fn wait_serving(process: &Process) {
-    wait_until(&format!("{} to be SERVING", process.name()), Duration::from_secs(60), || async {
-        match health(process).await {
-            Ok(ServingStatus::Serving) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    wait_until(
+        &format!("{} to be SERVING", process.name()),
+        Duration::from_secs(60),
+        || async {
+            match health(process).await {
+                Ok(ServingStatus::Serving) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
 }
 
@@ -273,10 +286,14 @@ pub async fn load(api: &Process, n: usize, callers: usize) -> usize {
 
 /// `load`, for a task that does not hold the process.
 pub async fn load_at(addr: String, n: usize, callers: usize) -> usize {
-    let channel = wait_until("the api to accept connections", Duration::from_secs(30), || {
-        let addr = addr.clone();
-        async move { Channel::from_shared(addr).unwrap().connect().await }
-    })
+    let channel = wait_until(
+        "the api to accept connections",
+        Duration::from_secs(30),
+        || {
+            let addr = addr.clone();
+            async move { Channel::from_shared(addr).unwrap().connect().await }
+        },
+    )
     .await;
     let client = RideServiceClient::new(channel);
     let tasks: Vec<_> = (0..callers)
