@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: up test deps venv build lint unit integration chart bench image clean
+.PHONY: up test deps venv build lint unit integration chart soak bench image clean
 
 up:
 	bash deploy/local/up.sh
@@ -34,6 +34,10 @@ unit:
 # Real Postgres, Redis and service processes; the real grpcurl from the venv.
 integration: build venv
 	GRPCURL=$(CURDIR)/$(VENV)/bin/grpcurl cargo test -p rocket-rides-tests --locked -- --test-threads=2
+
+# The chaos soak on its own, 10 minutes by default (make test runs a 45 s one).
+soak: deps build
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} cargo test -p rocket-rides-tests --locked --test soak -- --nocapture
 
 chart: venv
 	$(PY) -m pytest -q tests/chart
