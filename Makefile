@@ -39,6 +39,11 @@ integration: build venv
 soak: deps build
 	SOAK_SECONDS=$${SOAK_SECONDS:-600} cargo test -p rocket-rides-tests --locked --test soak -- --nocapture
 
+# Benchmarks against pgbench and redis-benchmark on the same servers; report in target/bench/.
+bench: deps
+	cargo build --release --bins --locked
+	ROCKET_RIDES_BIN_DIR=$(CURDIR)/target/release cargo bench -p rocket-rides-tests --locked --bench pipeline
+
 chart: venv
 	$(PY) -m pytest -q tests/chart
 

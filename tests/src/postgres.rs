@@ -17,8 +17,9 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    /// Creates the cluster under `dir` and starts it with database `rocketrides`.
-    pub async fn start(dir: &Path) -> Self {
+    /// Creates the cluster under `dir` and starts it with database `rocketrides`. `durable`
+    /// keeps fsync on (benchmarks); tests turn it off for speed.
+    pub async fn start(dir: &Path, durable: bool) -> Self {
         let bin = bin_dir();
         let data = dir.join("pgdata");
         std::fs::create_dir_all(&data).unwrap();
@@ -66,7 +67,7 @@ impl Postgres {
                 "-c",
                 &format!("unix_socket_directories={}", data.display()),
                 "-c",
-                "fsync=off",
+                if durable { "fsync=on" } else { "fsync=off" },
                 "-c",
                 "max_connections=200",
             ],

@@ -66,13 +66,23 @@ pub struct System {
 }
 
 impl System {
-    /// Starts Postgres and Redis and applies the schema with `rocket-rides-api migrate`.
+    /// Starts Postgres (fsync off, for speed) and Redis and applies the schema with
+    /// `rocket-rides-api migrate`.
     pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// Like `start`, with Postgres as durable as in production (for benchmarks).
+    pub async fn start_durable() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(durable: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("rocket-rides-test-")
             .tempdir()
             .unwrap();
-        let pg = Postgres::start(dir.path()).await;
+        let pg = Postgres::start(dir.path(), durable).await;
         let redis = RedisServer::start(dir.path()).await;
         let status = std::process::Command::new(bin_path(Bin::Api))
             .arg("migrate")
