@@ -1,0 +1,311 @@
+"""The Helm chart, checked without a cluster: linted and rendered by the real Helm SDK,
+every object validated against the Kubernetes schemas, then the things a schema cannot see."""
+
+import copy
+import pathlib
+import re
+
+import helm_python
+import kubernetes_validate
+import pytest
+import yaml
+
+CHART = pathlib.Path(__file__).resolve().parents[2] / "helm" / "rocket-rides"
+KUBE_VERSION = "1.33.0"
+RELEASE, NAMESPACE = "demo", "rides"
+
+VALUE_SETS = {
+    "default": {},
+    "external": {
+        "postgresql": {"enabled": False},
+        "externalDatabase": {"existingSecret": "rides-db", "urlKey": "url"},
+        "redis": {"enabled": False},
+        "externalRedis": {"existingSecret": "rides-redis"},
+        "chaos": {"enabled": False},
+        "jaeger": {"enabled": False},
+        "tracing": {"otlpEndpoint": "http://collector.observability:4317"},
+    },
+    "hardened": {
+        "networkPolicy": {"enabled": True},
+        "consumer": {"replicas": 3},
+        "streamer": {"replicas": 2},
+        "simulator": {"enabled": False},
+        "failureSimulation": {"doubleSendRate": 0, "crashRate": 0},
+    },
+    "single": {"api": {"replicas": 1}, "consumer": {"replicas": 1}, "chaos": {"dryRun": True}},
+}
+
+WORKLOADS = {"Deployment", "StatefulSet", "Job", "CronJob", "Pod"}
+
+
+def render(values):
+    chart = helm_python.Chart.load(str(CHART))
+    try:
+        out = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    finally:
+        chart.close()
+    objects = []
+    for path, text in out.items():
+        if not path.endswith(".yaml"):
+            continue
+        objects += [o for o in yaml.safe_load_all(text) if o]
+    return objects
+
+
+@pytest.fixture(scope="module", params=sorted(VALUE_SETS))
+def rendered(request):
+    return request.param, render(VALUE_SETS[request.param])
+
+
+def pod_spec(obj):
+    kind = obj["kind"]
+    if kind == "Pod":
+        return obj["spec"]
+    if kind == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return obj["spec"]["template"]["spec"]
+
+
+def pod_labels(obj):
+    if obj["kind"] == "Pod":
+        return obj["metadata"].get("labels", {})
+    if obj["kind"] == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    return obj["spec"]["template"]["metadata"]["labels"]
+
+
+def containers(obj, init=True):
+    spec = pod_spec(obj)
+    return spec["containers"] + (spec.get("initContainers", []) if init else [])
+
+
+def find(objects, kind, name):
+    return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name)
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_lints_clean(name):
+    result = helm_python.lint(str(CHART), VALUE_SETS[name], strict=True, namespace=NAMESPACE,
+                              kube_version=f"v{KUBE_VERSION}")
+    assert result["errors"] == []
+    problems = [m for m in result["messages"] if m["severity"] >= 2]
+    assert problems == []
+
+
+def test_every_object_validates_against_the_kubernetes_schemas(rendered):
+    _, objects = rendered
+    assert objects
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+
+
+def test_every_service_selects_the_pods_it_is_meant_for(rendered):
+    _, objects = rendered
+    workloads = [o for o in objects if o["kind"] in {"Deployment", "StatefulSet"}]
+    for svc in (o for o in objects if o["kind"] == "Service"):
+        selector = svc["spec"]["selector"]
+        matched = [w for w in workloads
+                   if selector.items() <= pod_labels(w).items()]
+        assert len(matched) == 1, f"{svc['metadata']['name']} selects {len(matched)} workloads"
+        component = selector["app.kubernetes.io/component"]
+        assert matched[0]["metadata"]["labels"]["app.kubernetes.io/component"] == component
+        ports = {p.get("name") for c in containers(matched[0], init=False) for p in c.get("ports", [])}
+        numbers = {p["containerPort"] for c in containers(matched[0], init=False) for p in c.get("ports", [])}
+        for port in svc["spec"]["ports"]:
+            target = port.get("targetPort", port["port"])
+            assert target in ports or target in numbers, f"{svc['metadata']['name']}: {target}"
+
+
+def test_probe_ports_exist_on_their_containers(rendered):
+    _, objects = rendered
+    for obj in (o for o in objects if o["kind"] in WORKLOADS):
+        for c in containers(obj):
+            names = {p.get("name") for p in c.get("ports", [])}
+            numbers = {p["containerPort"] for p in c.get("ports", [])}
+            for probe in ("readinessProbe", "livenessProbe"):
+                spec = c.get(probe)
+                if not spec:
+                    continue
+                handler = spec.get("grpc") or spec.get("httpGet") or spec.get("tcpSocket")
+                if handler:
+                    assert handler["port"] in names | numbers, f"{c['name']} {probe} {handler['port']}"
+
+
+def test_long_running_containers_have_probes_resources_and_a_locked_down_context(rendered):
+    _, objects = rendered
+    for obj in (o for o in objects if o["kind"] in WORKLOADS):
+        long_running = obj["kind"] in {"Deployment", "StatefulSet"}
+        pod = pod_spec(obj)
+        assert pod["securityContext"]["runAsNonRoot"] is True, obj["metadata"]["name"]
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        for c in containers(obj):
+            where = f"{obj['metadata']['name']}/{c['name']}"
+            assert c["resources"]["requests"] and c["resources"]["limits"], where
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["capabilities"]["drop"] == ["ALL"], where
+        for c in containers(obj, init=False):
+            if long_running:
+                assert c.get("readinessProbe") and c.get("livenessProbe"), obj["metadata"]["name"]
+        labels = obj["metadata"]["labels"]
+        for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                    "app.kubernetes.io/component", "app.kubernetes.io/part-of",
+                    "app.kubernetes.io/managed-by", "helm.sh/chart"):
+            assert key in labels, f"{obj['metadata']['name']} lacks {key}"
+
+
+def test_rust_services_probe_grpc_health_with_a_separate_liveness_service(rendered):
+    _, objects = rendered
+    for obj in (o for o in objects if o["kind"] in {"Deployment", "StatefulSet"}):
+        for c in containers(obj, init=False):
+            if not c.get("command", [""])[0].startswith("rocket-rides-"):
+                continue
+            assert "grpc" in c["readinessProbe"] and "service" not in c["readinessProbe"]["grpc"]
+            assert c["livenessProbe"]["grpc"]["service"] == "liveness"
+
+
+def test_secret_and_config_references_resolve(rendered):
+    name, objects = rendered
+    secrets = {o["metadata"]["name"] for o in objects if o["kind"] == "Secret"}
+    configmaps = {o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"}
+    values = VALUE_SETS[name]
+    secrets |= {v.get("existingSecret") for v in (values.get("externalDatabase", {}),
+                                                 values.get("externalRedis", {})) if v.get("existingSecret")}
+    for obj in (o for o in objects if o["kind"] in WORKLOADS):
+        for c in containers(obj):
+            for env in c.get("env", []):
+                ref = env.get("valueFrom", {})
+                if "secretKeyRef" in ref:
+                    assert ref["secretKeyRef"]["name"] in secrets, ref
+                if "configMapKeyRef" in ref:
+                    assert ref["configMapKeyRef"]["name"] in configmaps, ref
+            for src in c.get("envFrom", []):
+                assert src.get("secretRef", {}).get("name", next(iter(secrets), None)) in secrets
+        for vol in pod_spec(obj).get("volumes", []):
+            if "secret" in vol:
+                assert vol["secret"]["secretName"] in secrets
+            if "configMap" in vol:
+                assert vol["configMap"]["name"] in configmaps
+
+
+def test_pod_disruption_budgets_exactly_where_replicas_exceed_one(rendered):
+    _, objects = rendered
+    pdbs = {o["metadata"]["name"]: o for o in objects if o["kind"] == "PodDisruptionBudget"}
+    for obj in (o for o in objects if o["kind"] in {"Deployment", "StatefulSet"}):
+        name = obj["metadata"]["name"]
+        if obj["spec"].get("replicas", 1) > 1:
+            assert name in pdbs, f"{name} needs a PodDisruptionBudget"
+            assert pdbs[name]["spec"]["selector"]["matchLabels"].items() <= pod_labels(obj).items()
+        else:
+            assert name not in pdbs
+
+
+def test_consumers_are_named_by_their_stable_pod_names(rendered):
+    name, objects = rendered
+    sts = find(objects, "StatefulSet", f"{RELEASE}-rocket-rides-consumer")
+    expected = VALUE_SETS[name].get("consumer", {}).get("replicas", 2)
+    assert sts["spec"]["replicas"] == expected
+    env = {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["CONSUMER_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    headless = find(objects, "Service", sts["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+
+
+def test_chaos_role_grants_only_listing_and_deleting_pods():
+    objects = render({})
+    role = find(objects, "Role", f"{RELEASE}-rocket-rides-chaos")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "delete"]}]
+    assert not [o for o in objects if o["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
+    binding = find(objects, "RoleBinding", f"{RELEASE}-rocket-rides-chaos")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    cron = find(objects, "CronJob", f"{RELEASE}-rocket-rides-chaos")
+    spec = pod_spec(cron)
+    assert spec["serviceAccountName"] == binding["subjects"][0]["name"]
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    assert env["DRY_RUN"] == "false" and env["GRACE_PERIOD_SECONDS"] == "0"
+    # Its selector reaches the app's pods, and only those of this release.
+    selector = dict(kv.split("=") for kv in env["TARGET_SELECTOR"].split(","))
+    targets = [o for o in objects if o["kind"] in {"Deployment", "StatefulSet"}
+               and selector.items() <= pod_labels(o).items()]
+    assert sorted(t["metadata"]["labels"]["app.kubernetes.io/component"] for t in targets) == \
+        ["api", "consumer", "simulator", "streamer"]
+
+
+def test_network_policies_admit_only_the_clients_of_postgres_and_redis():
+    objects = render(VALUE_SETS["hardened"])
+    policies = {o["metadata"]["name"]: o for o in objects if o["kind"] == "NetworkPolicy"}
+    workloads = [o for o in objects if o["kind"] in {"Deployment", "StatefulSet", "Job"}]
+    for dep, port, clients in (("postgresql", 5432, {"api", "streamer", "consumer", "migrations"}),
+                               ("redis", 6379, {"streamer", "consumer"})):
+        rule = policies[f"{RELEASE}-rocket-rides-{dep}"]["spec"]["ingress"][0]
+        assert rule["ports"] == [{"port": port, "protocol": "TCP"}]
+        allowed = rule["from"][0]["podSelector"]["matchLabels"]
+        admitted = {w["metadata"]["labels"]["app.kubernetes.io/component"] for w in workloads
+                    if allowed.items() <= pod_labels(w).items()}
+        assert admitted == clients, dep
+    assert not any(o["kind"] == "NetworkPolicy" for o in render({}))
+
+
+def test_defaults_wire_postgres_redis_jaeger_and_failure_simulation():
+    objects = render({})
+    kinds = sorted((o["kind"], o["metadata"]["name"]) for o in objects)
+    for expected in [("StatefulSet", "demo-rocket-rides-postgresql"), ("StatefulSet", "demo-rocket-rides-redis"),
+                     ("Deployment", "demo-rocket-rides-jaeger"), ("Job", "demo-rocket-rides-migrations"),
+                     ("CronJob", "demo-rocket-rides-chaos"), ("Pod", "demo-rocket-rides-test-create-ride")]:
+        assert expected in kinds
+    redis = find(objects, "StatefulSet", "demo-rocket-rides-redis")
+    command = " ".join(redis["spec"]["template"]["spec"]["containers"][0]["command"])
+    assert "--appendonly yes" in command and "--appendfsync always" in command
+    api_env = {e["name"]: e for e in containers(find(objects, "Deployment", "demo-rocket-rides-api"), init=False)[0]["env"]}
+    assert api_env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://demo-rocket-rides-jaeger:4317"
+    assert api_env["OTEL_SERVICE_NAME"]["value"] == "rocket-rides-api"
+    streamer_env = {e["name"]: e for e in containers(find(objects, "Deployment", "demo-rocket-rides-streamer"), init=False)[0]["env"]}
+    assert streamer_env["DOUBLE_SEND_RATE"]["value"] == "0.1"
+    migrations = find(objects, "Job", "demo-rocket-rides-migrations")
+    assert pod_spec(migrations)["containers"][0]["command"] == ["rocket-rides-api", "migrate"]
+    assert "pre-upgrade" in migrations["metadata"]["annotations"]["helm.sh/hook"]
+    secret = find(objects, "Secret", "demo-rocket-rides-postgresql")
+    assert {"password", "database-url"} <= secret["data"].keys()
+    external = render(VALUE_SETS["external"])
+    assert not any(o["kind"] == "Secret" for o in external)
+    hook = find(external, "Job", "demo-rocket-rides-migrations")["metadata"]["annotations"]["helm.sh/hook"]
+    assert hook == "pre-install,pre-upgrade"
+
+
+def test_notes_give_the_commands_from_install_to_a_trace():
+    chart = helm_python.Chart.load(str(CHART))
+    notes = chart.render({}, name=RELEASE, namespace=NAMESPACE, is_install=True)["rocket-rides/templates/NOTES.txt"]
+    chart.close()
+    for needle in ("port-forward svc/demo-rocket-rides-api 50051:50051",
+                   "rocketrides.v1.RideService/CreateRide",
+                   "rocketrides.v1.ConsumerService/GetTotal",
+                   "port-forward svc/demo-rocket-rides-jaeger 16686:16686"):
+        assert needle in notes
+
+
+@pytest.mark.parametrize("bad", [
+    {"unknownKey": True},
+    {"api": {"replicas": "two"}},
+    {"api": {"replicas": 0}},
+    {"failureSimulation": {"crashRate": 1.5}},
+    {"logFormat": "xml"},
+    {"chaos": {"dryRun": "yes"}},
+    {"consumer": {"unknown": 1}},
+])
+def test_the_schema_rejects_bad_values(bad):
+    chart = helm_python.Chart.load(str(CHART))
+    try:
+        with pytest.raises(helm_python.HelmError):
+            chart.render(copy.deepcopy(bad), name=RELEASE, namespace=NAMESPACE, is_install=True)
+    finally:
+        chart.close()
+
+
+def test_external_database_without_a_secret_is_a_clear_error():
+    chart = helm_python.Chart.load(str(CHART))
+    try:
+        with pytest.raises(helm_python.HelmError, match=re.compile("existingSecret is required")):
+            chart.render({"postgresql": {"enabled": False}}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    finally:
+        chart.close()
