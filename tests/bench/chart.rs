@@ -104,7 +104,9 @@ pub fn line_chart(
 }
 
 fn short(v: f64) -> String {
-    if v >= 1000.0 {
+    if v.fract() == 0.0 && v < 1000.0 {
+        format!("{v:.0}")
+    } else if v >= 1000.0 {
         format!("{:.1}k", v / 1000.0)
     } else if v >= 10.0 || v == 0.0 {
         format!("{v:.0}")

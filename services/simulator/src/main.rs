@@ -8,13 +8,14 @@ mod rides;
 use std::time::Duration;
 
 use anyhow::Context;
-use rocket_rides_platform::{config, grpc, health, health::Health, shutdown, telemetry};
+use rocket_rides_platform::{config, grpc, health, health::Health, metrics, shutdown, telemetry};
 use tonic::transport::{Channel, Endpoint};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let telemetry = telemetry::init("rocket-rides-simulator")?;
     let addr = config::listen_addr("LISTEN_ADDR", "0.0.0.0:50054")?;
+    metrics::install()?;
     let api_url = config::var("API_URL").unwrap_or_else(|| "http://127.0.0.1:50051".into());
     let rate: f64 = config::parse_or("RIDES_PER_SECOND", 5.0)?;
     anyhow::ensure!(

@@ -72,6 +72,7 @@ async fn create_one(
         match client.create_ride(traced(request.clone())).await {
             Ok(response) => {
                 created.0.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("rocket_rides_simulator_rides_acknowledged_total").increment(1);
                 let ride = response.into_inner();
                 tracing::debug!(ride_id = ride.ride_id, distance, "ride created");
                 return;
@@ -82,6 +83,7 @@ async fn create_one(
                 tokio::time::sleep(delay).await;
             }
             Err(status) => {
+                metrics::counter!("rocket_rides_simulator_rides_failed_total").increment(1);
                 tracing::error!(code = ?status.code(), message = status.message(), "CreateRide failed");
                 return;
             }
