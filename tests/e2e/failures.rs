@@ -224,11 +224,7 @@ async fn a_malformed_entry_goes_to_the_dead_letter_stream() {
         .unwrap();
     assert_eq!(load(&api, 10, 2).await, 10);
     sys.wait_exact(&[&consumers[0]], CAUGHT_UP).await;
-    let dead: usize = redis::cmd("XLEN")
-        .arg("rocket-rides-log:dead-letter")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let dead = sys.stream_len("rocket-rides-log:dead-letter").await;
     assert_eq!(dead, 1);
 }
 

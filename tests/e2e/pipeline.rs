@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use rocket_rides_tests::{System, system::load, wait_until};
+use rocket_rides_tests::{
+    System,
+    system::{LOG, load},
+};
 
 const CAUGHT_UP: Duration = Duration::from_secs(120);
 
@@ -33,12 +36,7 @@ async fn totals_are_exact_with_double_sends_and_simulated_crashes() {
                 .contains("simulated failure: crashed before commit")
         );
     }
-    let mut redis = sys.redis.connection().await;
-    let entries: usize = redis::cmd("XLEN")
-        .arg("rocket-rides-log")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let entries = sys.stream_len(LOG).await;
     assert!(
         entries > 600,
         "expected re-sent entries, the stream holds {entries}"
@@ -66,7 +64,6 @@ async fn a_stopped_consumer_loses_nothing_while_the_stream_is_trimmed() {
     let sys = System::start().await;
     let env = [("STREAM_MAX_LEN", "50"), ("BATCH_SIZE", "20")];
     let (api, _streamer, mut consumers) = sys.pipeline(&["consumer0", "consumer1"], &env).await;
-    let mut redis = sys.redis.connection().await;
 
     assert_eq!(load(&api, 40, 4).await, 40);
     sys.wait_exact(&[&consumers[0], &consumers[1]], CAUGHT_UP)
@@ -79,11 +76,7 @@ async fn a_stopped_consumer_loses_nothing_while_the_stream_is_trimmed() {
     assert!(status.success(), "SIGTERM should exit 0, got {status:?}");
     assert_eq!(load(&api, 300, 8).await, 300);
     sys.wait_exact(&[&consumers[0]], CAUGHT_UP).await;
-    let held: usize = redis::cmd("XLEN")
-        .arg("rocket-rides-log")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let held = sys.stream_len(LOG).await;
     assert!(
         held >= 300,
         "entries consumer1 needs were trimmed: {held} left"
@@ -96,24 +89,5 @@ async fn a_stopped_consumer_loses_nothing_while_the_stream_is_trimmed() {
     assert_eq!(load(&api, 30, 2).await, 30);
     sys.wait_exact(&[&consumers[0], &consumers[1]], CAUGHT_UP)
         .await;
-    wait_until(
-        "the stream to be trimmed to STREAM_MAX_LEN",
-        CAUGHT_UP,
-        || {
-            let mut redis = redis.clone();
-            async move {
-                let len: usize = redis::cmd("XLEN")
-                    .arg("rocket-rides-log")
-                    .query_async(&mut redis)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if len <= 50 {
-                    Ok(())
-                } else {
-                    Err(len.to_string())
-                }
-            }
-        },
-    )
-    .await;
+    sys.wait_stream_within(50, CAUGHT_UP).await;
 }

@@ -11,7 +11,11 @@ use std::{
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rocket_rides_proto::v1::{CreateRideRequest, ride_service_client::RideServiceClient};
-use rocket_rides_tests::{Bin, System, process::Process, system, wait_until};
+use rocket_rides_tests::{
+    Bin, System,
+    process::Process,
+    system::{self, LOG},
+};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -165,37 +169,14 @@ async fn chaos_soak_loses_nothing() {
     );
     // 2-3. Nothing lost, exactly once: wait_exact compared both consumers with the database.
     // 4-5. Bounded: the stream is trimmed back, de-duplication state is one row per consumer.
-    let mut redis = sys.redis.connection().await;
-    wait_until(
-        "the stream to be within its bound",
-        Duration::from_secs(60),
-        || {
-            let mut redis = redis.clone();
-            async move {
-                let len: usize = redis::cmd("XLEN")
-                    .arg("rocket-rides-log")
-                    .query_async(&mut redis)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if len <= MAX_LEN {
-                    Ok(())
-                } else {
-                    Err(len.to_string())
-                }
-            }
-        },
-    )
-    .await;
+    sys.wait_stream_within(MAX_LEN, Duration::from_secs(60))
+        .await;
     let states: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM consumers")
         .fetch_one(&sys.db)
         .await
         .unwrap();
     assert_eq!(states, 2);
-    let len: usize = redis::cmd("XLEN")
-        .arg("rocket-rides-log")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let len = sys.stream_len(LOG).await;
 
     let (sum, rides) = sys.committed().await;
     let streamers = [&streamer, &second_streamer];

@@ -58,6 +58,9 @@ pub fn bin_path(bin: Bin) -> PathBuf {
     path
 }
 
+/// The stream the services use by default.
+pub const LOG: &str = "rocket-rides-log";
+
 pub struct System {
     pub pg: Postgres,
     pub redis: RedisServer,
@@ -158,6 +161,31 @@ impl System {
             .fetch_one(&self.db)
             .await
             .unwrap()
+    }
+
+    /// How many entries `stream` holds.
+    pub async fn stream_len(&self, stream: &str) -> usize {
+        let mut redis = self.redis.connection().await;
+        redis::cmd("XLEN")
+            .arg(stream)
+            .query_async(&mut redis)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the log stream holds at most `max` entries: trimming has caught up.
+    pub async fn wait_stream_within(&self, max: usize, timeout: Duration) {
+        wait_until(
+            &format!("the stream to hold at most {max} entries"),
+            timeout,
+            || async {
+                match self.stream_len(LOG).await {
+                    len if len <= max => Ok(()),
+                    len => Err(len),
+                }
+            },
+        )
+        .await;
     }
 
     pub async fn staged(&self) -> i64 {
