@@ -1,6 +1,6 @@
 //! The CronJob's settings, from the environment.
 
-use rocket_rides_platform::{ConfigError, config};
+use rocket_rides_platform::{Error, config};
 
 /// Where the service account's namespace is mounted inside a pod.
 const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
@@ -22,7 +22,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_env() -> Result<Self, ConfigError> {
+    pub fn from_env() -> Result<Self, Error> {
         let dry_run = match config::var("DRY_RUN")
             .as_deref()
             .map(str::to_ascii_lowercase)
@@ -31,7 +31,7 @@ impl Settings {
             Some(v) if ["1", "true", "yes"].contains(&v.as_str()) => true,
             Some(v) if ["0", "false", "no"].contains(&v.as_str()) => false,
             Some(v) => {
-                return Err(ConfigError::Invalid {
+                return Err(Error::Invalid {
                     name: "DRY_RUN",
                     value: v,
                     reason: "expected true or false".into(),
@@ -40,7 +40,7 @@ impl Settings {
         };
         let min_age_seconds: i64 = config::parse_or("MIN_AGE_SECONDS", 60)?;
         if min_age_seconds < 0 {
-            return Err(ConfigError::Invalid {
+            return Err(Error::Invalid {
                 name: "MIN_AGE_SECONDS",
                 value: min_age_seconds.to_string(),
                 reason: "expected 0 or more seconds".into(),

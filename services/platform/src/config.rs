@@ -3,20 +3,7 @@
 
 use std::{fmt::Display, net::SocketAddr, str::FromStr};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{name} is required: {hint}")]
-    Missing {
-        name: &'static str,
-        hint: &'static str,
-    },
-    #[error("{name}={value:?} is not valid: {reason}")]
-    Invalid {
-        name: &'static str,
-        value: String,
-        reason: String,
-    },
-}
+use crate::Error;
 
 /// The variable's value, treating an empty value as unset.
 pub fn var(name: &'static str) -> Option<String> {
@@ -24,41 +11,38 @@ pub fn var(name: &'static str) -> Option<String> {
 }
 
 /// A variable that must be set; `hint` says what to put in it.
-pub fn required(name: &'static str, hint: &'static str) -> Result<String, ConfigError> {
-    var(name).ok_or(ConfigError::Missing { name, hint })
+pub fn required(name: &'static str, hint: &'static str) -> Result<String, Error> {
+    var(name).ok_or(Error::Missing { name, hint })
 }
 
 /// A variable parsed as `T`, or `default` when unset.
-pub fn parse_or<T>(name: &'static str, default: T) -> Result<T, ConfigError>
+pub fn parse_or<T>(name: &'static str, default: T) -> Result<T, Error>
 where
     T: FromStr,
     T::Err: Display,
 {
     match var(name) {
         None => Ok(default),
-        Some(value) => value
-            .trim()
-            .parse()
-            .map_err(|e: T::Err| ConfigError::Invalid {
-                name,
-                reason: e.to_string(),
-                value,
-            }),
+        Some(value) => value.trim().parse().map_err(|e: T::Err| Error::Invalid {
+            name,
+            reason: e.to_string(),
+            value,
+        }),
     }
 }
 
 /// A gRPC listen address such as `0.0.0.0:50051`.
-pub fn listen_addr(name: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
+pub fn listen_addr(name: &'static str, default: &str) -> Result<SocketAddr, Error> {
     parse_or(name, default.parse().expect("default address is valid"))
 }
 
 /// A probability between 0 and 1, for the failure simulations.
-pub fn rate(name: &'static str) -> Result<f64, ConfigError> {
+pub fn rate(name: &'static str) -> Result<f64, Error> {
     let rate: f64 = parse_or(name, 0.0)?;
     if (0.0..=1.0).contains(&rate) {
         Ok(rate)
     } else {
-        Err(ConfigError::Invalid {
+        Err(Error::Invalid {
             name,
             value: rate.to_string(),
             reason: "expected a number from 0 to 1".into(),
@@ -67,9 +51,9 @@ pub fn rate(name: &'static str) -> Result<f64, ConfigError> {
 }
 
 /// A count that must be at least 1, such as a batch size.
-pub fn positive(name: &'static str, default: u32) -> Result<u32, ConfigError> {
+pub fn positive(name: &'static str, default: u32) -> Result<u32, Error> {
     match parse_or(name, default)? {
-        0 => Err(ConfigError::Invalid {
+        0 => Err(Error::Invalid {
             name,
             value: "0".into(),
             reason: "expected a whole number of at least 1".into(),

@@ -9,7 +9,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use crate::{ConfigError, config};
+use crate::{Error, config};
 
 /// The schema, embedded in every binary that needs it.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -18,12 +18,12 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Connection options from `DATABASE_URL`.
-pub fn options_from_env() -> Result<PgConnectOptions, ConfigError> {
+pub fn options_from_env() -> Result<PgConnectOptions, Error> {
     let url = config::required(
         "DATABASE_URL",
         "set it to a Postgres URL such as postgres://user:password@127.0.0.1:5432/rocketrides",
     )?;
-    url.parse().map_err(|e: sqlx::Error| ConfigError::Invalid {
+    url.parse().map_err(|e: sqlx::Error| Error::Invalid {
         name: "DATABASE_URL",
         value: redact(&url),
         reason: e.to_string(),
@@ -31,7 +31,7 @@ pub fn options_from_env() -> Result<PgConnectOptions, ConfigError> {
 }
 
 /// A lazily connecting pool of at most `max_connections` (`DATABASE_POOL_SIZE` overrides).
-pub fn pool(options: PgConnectOptions, max_connections: u32) -> Result<PgPool, ConfigError> {
+pub fn pool(options: PgConnectOptions, max_connections: u32) -> Result<PgPool, Error> {
     let max = config::positive("DATABASE_POOL_SIZE", max_connections)?;
     Ok(PgPoolOptions::new()
         .max_connections(max)

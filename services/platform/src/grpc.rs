@@ -12,29 +12,16 @@ use crate::grpc_layer::GrpcTelemetryLayer;
 /// The router every service builds on: health and reflection behind the telemetry layer.
 pub type GrpcRouter = Router<Stack<GrpcTelemetryLayer, Identity>>;
 
-use crate::health::Health;
+use crate::{Error, health::Health};
 
 /// The longest a request may run before it is answered DEADLINE_EXCEEDED.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, thiserror::Error)]
-pub enum GrpcError {
-    #[error("cannot build the reflection service: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
-    #[error("cannot listen on {addr}: {source} (set LISTEN_ADDR to a free address)")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("gRPC server failed: {0}")]
-    Serve(#[from] tonic::transport::Error),
-}
-
 /// A router serving health and reflection; `services` names the application services that the
 /// caller adds, so reflection lists exactly what this server answers.
-pub fn router(health: &Health, services: &[&str]) -> Result<GrpcRouter, GrpcError> {
+pub fn router(health: &Health, services: &[&str]) -> Result<GrpcRouter, Error> {
     let reflection = || {
         let mut builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(rocket_rides_proto::FILE_DESCRIPTOR_SET)
@@ -62,10 +49,10 @@ pub async fn serve(
     addr: SocketAddr,
     health: Health,
     cancel: CancellationToken,
-) -> Result<(), GrpcError> {
+) -> Result<(), Error> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| GrpcError::Bind { addr, source })?;
+        .map_err(|source| Error::Bind { addr, source })?;
     let local = listener.local_addr().unwrap_or(addr);
     tracing::info!(addr = %local, "gRPC server listening");
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod db;
+mod error;
 pub mod grpc;
 pub mod grpc_layer;
 pub mod health;
@@ -15,4 +16,4 @@ pub mod shutdown;
 pub mod stream;
 pub mod telemetry;
 
-pub use config::ConfigError;
+pub use error::Error;

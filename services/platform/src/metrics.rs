@@ -3,9 +3,9 @@
 
 use std::net::SocketAddr;
 
-use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
-use crate::{ConfigError, config};
+use crate::{Error, config};
 
 /// Buckets for every `*_seconds` histogram: 0.5 ms to 10 s.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -16,26 +16,18 @@ const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0,
 ];
 
-#[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("cannot serve metrics (check METRICS_ADDR): {0}")]
-    Exporter(#[from] BuildError),
-}
-
 /// Serves `/metrics` on `METRICS_ADDR` when it is set. Must run inside the Tokio runtime.
-pub fn install() -> Result<Option<SocketAddr>, MetricsError> {
+pub fn install() -> Result<Option<SocketAddr>, Error> {
     let Some(addr) = config::var("METRICS_ADDR") else {
         return Ok(None);
     };
-    let addr: SocketAddr =
-        addr.parse()
-            .map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
-                name: "METRICS_ADDR",
-                value: addr.clone(),
-                reason: e.to_string(),
-            })?;
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|e: std::net::AddrParseError| Error::Invalid {
+            name: "METRICS_ADDR",
+            value: addr.clone(),
+            reason: e.to_string(),
+        })?;
     PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)?

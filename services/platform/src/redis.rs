@@ -4,16 +4,16 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::{ConfigError, config};
+use crate::{Error, config};
 
 /// A lazily connecting Redis connection from `REDIS_URL`. `response_timeout` must exceed the
 /// longest blocking command sent on it (a consumer's `XREAD BLOCK`).
-pub fn connect_from_env(response_timeout: Duration) -> Result<ConnectionManager, ConfigError> {
+pub fn connect_from_env(response_timeout: Duration) -> Result<ConnectionManager, Error> {
     let url = config::required(
         "REDIS_URL",
         "set it to a Redis URL such as redis://127.0.0.1:6379",
     )?;
-    let invalid = |e: redis::RedisError| ConfigError::Invalid {
+    let invalid = |e: redis::RedisError| Error::Invalid {
         name: "REDIS_URL",
         value: url.clone(),
         reason: e.to_string(),

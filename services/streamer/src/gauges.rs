@@ -8,6 +8,8 @@ use redis::aio::ConnectionManager;
 use rocket_rides_platform::{shutdown::CancellationToken, stream::StreamId};
 use sqlx::PgPool;
 
+use crate::streamer::StreamError;
+
 const EVERY: Duration = Duration::from_secs(1);
 
 const CONSUMERS: &str = "
@@ -36,7 +38,7 @@ async fn measure(
     pool: &PgPool,
     redis: &mut ConnectionManager,
     stream: &str,
-) -> Result<(), Box<dyn std::error::Error>> {
+) -> Result<(), StreamError> {
     let staged: i64 = sqlx::query_scalar("SELECT count(*) FROM staged_log_records")
         .fetch_one(pool)
         .await?;

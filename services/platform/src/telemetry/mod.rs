@@ -16,15 +16,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-use crate::{ConfigError, config};
-
-#[derive(Debug, thiserror::Error)]
-pub enum TelemetryError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("cannot build the OTLP exporter (check OTEL_EXPORTER_OTLP_ENDPOINT): {0}")]
-    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
-}
+use crate::{Error, config};
 
 /// Keeps the tracer provider alive; `shutdown` flushes spans not yet exported.
 pub struct Telemetry {
@@ -33,7 +25,7 @@ pub struct Telemetry {
 
 /// Installs logging and tracing for the service named `service` (`OTEL_SERVICE_NAME` wins).
 /// Call once, first thing in `main`.
-pub fn init(service: &'static str) -> Result<Telemetry, TelemetryError> {
+pub fn init(service: &'static str) -> Result<Telemetry, Error> {
     let exporting = config::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
         || config::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();
     let mut resource = Resource::builder();
@@ -59,12 +51,11 @@ pub fn init(service: &'static str) -> Result<Telemetry, TelemetryError> {
             .with(fmt::layer().event_format(json::JsonWithTrace))
             .init(),
         other => {
-            return Err(ConfigError::Invalid {
+            return Err(Error::Invalid {
                 name: "LOG_FORMAT",
                 value: other.into(),
                 reason: "expected text or json".into(),
-            }
-            .into());
+            });
         }
     }
     if exporting {
