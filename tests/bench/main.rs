@@ -299,16 +299,11 @@ async fn end_to_end(
     let tail = {
         let (entries, done) = (entries.clone(), done.clone());
         let mut redis = sys.redis.connection().await;
-        let newest: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
-            .arg("rocket-rides-log")
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut redis)
+        let mut from = sys
+            .newest_ids(1)
             .await
-            .unwrap();
-        let mut from = newest.first().map_or("0-0".to_string(), |e| e.0.clone());
+            .pop()
+            .unwrap_or_else(|| "0-0".into());
         tokio::spawn(async move {
             while !done.is_cancelled() {
                 let read: Option<StreamReadReply> = redis::cmd("XREAD")
@@ -497,60 +492,38 @@ async fn main() {
     )
     .unwrap();
     let xs: Vec<f64> = CALLERS.iter().map(|c| *c as f64).collect();
-    std::fs::write(
-        out_dir.join("throughput.svg"),
-        chart::line_chart(
+    type Row = (usize, Measured, Measured);
+    let line = |name, colour, pick: fn(&Row) -> f64| chart::Series {
+        name,
+        colour,
+        points: rows.iter().map(|r| (r.0 as f64, pick(r))).collect(),
+    };
+    let charts = [
+        (
+            "throughput.svg",
             "CreateRide throughput",
-            "concurrent callers",
             "per second",
-            &xs,
-            &[
-                chart::Series {
-                    name: "api",
-                    colour: "#1f77b4",
-                    points: rows.iter().map(|r| (r.0 as f64, r.1.per_second)).collect(),
-                },
-                chart::Series {
-                    name: "pgbench",
-                    colour: "#ff7f0e",
-                    points: rows.iter().map(|r| (r.0 as f64, r.2.per_second)).collect(),
-                },
+            vec![
+                line("api", "#1f77b4", |r| r.1.per_second),
+                line("pgbench", "#ff7f0e", |r| r.2.per_second),
             ],
         ),
-    )
-    .unwrap();
-    std::fs::write(
-        out_dir.join("latency.svg"),
-        chart::line_chart(
+        (
+            "latency.svg",
             "CreateRide latency",
-            "concurrent callers",
             "ms",
-            &xs,
-            &[
-                chart::Series {
-                    name: "api p50",
-                    colour: "#1f77b4",
-                    points: rows.iter().map(|r| (r.0 as f64, r.1.p50_ms)).collect(),
-                },
-                chart::Series {
-                    name: "api p99",
-                    colour: "#aec7e8",
-                    points: rows.iter().map(|r| (r.0 as f64, r.1.p99_ms)).collect(),
-                },
-                chart::Series {
-                    name: "pgbench p50",
-                    colour: "#ff7f0e",
-                    points: rows.iter().map(|r| (r.0 as f64, r.2.p50_ms)).collect(),
-                },
-                chart::Series {
-                    name: "pgbench p99",
-                    colour: "#ffbb78",
-                    points: rows.iter().map(|r| (r.0 as f64, r.2.p99_ms)).collect(),
-                },
+            vec![
+                line("api p50", "#1f77b4", |r| r.1.p50_ms),
+                line("api p99", "#aec7e8", |r| r.1.p99_ms),
+                line("pgbench p50", "#ff7f0e", |r| r.2.p50_ms),
+                line("pgbench p99", "#ffbb78", |r| r.2.p99_ms),
             ],
         ),
-    )
-    .unwrap();
+    ];
+    for (file, title, unit, series) in charts {
+        let svg = chart::line_chart(title, "concurrent callers", unit, &xs, &series);
+        std::fs::write(out_dir.join(file), svg).unwrap();
+    }
     writeln!(
         report,
         "![throughput](throughput.svg) ![latency](latency.svg)\n"

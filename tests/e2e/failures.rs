@@ -156,16 +156,8 @@ async fn a_gap_in_the_log_stops_the_consumer_loudly() {
     assert_eq!(load(&api, 20, 2).await, 20);
     sys.wait_exact(&[&consumers[0]], CAUGHT_UP).await;
     let mut redis = sys.redis.connection().await;
-    let newest: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
-        .arg("rocket-rides-log")
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(5)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let keep_from = &newest.last().unwrap().0;
+    let newest = sys.newest_ids(5).await;
+    let keep_from = newest.last().unwrap();
     let _: u64 = redis::cmd("XTRIM")
         .arg("rocket-rides-log")
         .arg("MINID")

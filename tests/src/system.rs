@@ -173,6 +173,21 @@ impl System {
             .unwrap()
     }
 
+    /// Ids of the newest `n` entries of the log stream, newest first.
+    pub async fn newest_ids(&self, n: usize) -> Vec<String> {
+        let mut redis = self.redis.connection().await;
+        let newest: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+            .arg(LOG)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(n)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        newest.into_iter().map(|(id, _)| id).collect()
+    }
+
     /// Waits until the log stream holds at most `max` entries: trimming has caught up.
     pub async fn wait_stream_within(&self, max: usize, timeout: Duration) {
         wait_until(
