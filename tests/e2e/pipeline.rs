@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use rocket_rides_tests::{
     System,
-    system::{LOG, load},
+    system::{self, LOG, load},
 };
+use tonic_health::pb::health_check_response::ServingStatus;
 
 const CAUGHT_UP: Duration = Duration::from_secs(120);
 
@@ -90,4 +91,19 @@ async fn a_stopped_consumer_loses_nothing_while_the_stream_is_trimmed() {
     sys.wait_exact(&[&consumers[0], &consumers[1]], CAUGHT_UP)
         .await;
     sys.wait_stream_within(50, CAUGHT_UP).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_consumer_stays_serving() {
+    let sys = System::start().await;
+    let (api, _streamer, consumers) = sys.pipeline(&["consumer0"], &[]).await;
+    assert_eq!(load(&api, 1, 1).await, 1);
+    sys.wait_exact(&[&consumers[0]], CAUGHT_UP).await;
+    // Nothing arrives for several XREAD blocks: health checks must not queue behind the
+    // blocked read and report Redis as down.
+    for _ in 0..30 {
+        let status = system::health(&consumers[0]).await.unwrap();
+        assert_eq!(status, ServingStatus::Serving);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -48,6 +48,9 @@ enum Stop {
 pub struct Consumer {
     settings: Settings,
     pool: PgPool,
+    /// For the blocking XREAD only.
+    reader: ConnectionManager,
+    /// For everything else (dead letters).
     redis: ConnectionManager,
     /// The committed checkpoint, for GetTotal (None until first loaded).
     published: watch::Sender<Option<Checkpoint>>,
@@ -59,6 +62,7 @@ impl Consumer {
     pub fn new(
         settings: Settings,
         pool: PgPool,
+        reader: ConnectionManager,
         redis: ConnectionManager,
         published: watch::Sender<Option<Checkpoint>>,
         sound: watch::Sender<bool>,
@@ -66,6 +70,7 @@ impl Consumer {
         Self {
             settings,
             pool,
+            reader,
             redis,
             published,
             sound,
@@ -240,7 +245,7 @@ impl Consumer {
             .arg("STREAMS")
             .arg(&self.settings.stream)
             .arg(from)
-            .query_async(&mut self.redis.clone())
+            .query_async(&mut self.reader.clone())
             .await?;
         Ok(reply
             .into_iter()

@@ -36,8 +36,11 @@ async fn main() -> anyhow::Result<()> {
         crash_rate: config::rate("CRASH_RATE")?,
     };
     let pool = db::pool(db::options_from_env()?, 4)?;
-    // Longer than the XREAD BLOCK, so a blocked read is not mistaken for a dead connection.
-    let redis = redis_conn::connect_from_env(consumer::BLOCK + Duration::from_secs(5))?;
+    // The blocking XREAD gets a connection of its own: on a shared (multiplexed) one, health
+    // pings would queue behind it and report Redis down whenever the log is idle. Its response
+    // timeout is longer than the block, so a blocked read is not mistaken for a dead server.
+    let reader = redis_conn::connect_from_env(consumer::BLOCK + Duration::from_secs(5))?;
+    let redis = redis_conn::connect_from_env(Duration::from_secs(5))?;
     let cancel = shutdown::on_signal();
 
     let (published, committed) = watch::channel(None);
@@ -65,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
         crash_rate = settings.crash_rate,
         "consumer starting"
     );
-    Consumer::new(settings, pool.clone(), redis, published, sound)
+    Consumer::new(settings, pool.clone(), reader, redis, published, sound)
         .run(cancel.clone())
         .await;
     cancel.cancel();
