@@ -20,7 +20,12 @@ use rocket_rides_proto::v1::{
     CreateRideRequest, GetTotalRequest, consumer_service_client::ConsumerServiceClient,
     ride_service_client::RideServiceClient,
 };
-use rocket_rides_tests::{Bin, System, process::Process, system, wait_until};
+use rocket_rides_tests::{
+    Bin, System,
+    process::Process,
+    system::{self, LOG},
+    wait_until,
+};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -61,6 +66,25 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 async fn reset(sys: &System) {
     sqlx::query("TRUNCATE rides, staged_log_records")
         .execute(&sys.db)
+        .await
+        .unwrap();
+}
+
+/// An empty log: no rides, no staged records, no stream, no consumers, sequence back at 0.
+async fn reset_log(sys: &System) {
+    reset(sys).await;
+    sqlx::query("UPDATE log_sequences SET last_seq = 0")
+        .execute(&sys.db)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM consumers")
+        .execute(&sys.db)
+        .await
+        .unwrap();
+    let mut redis = sys.redis.connection().await;
+    let _: () = redis::cmd("DEL")
+        .arg(LOG)
+        .query_async(&mut redis)
         .await
         .unwrap();
 }
@@ -201,27 +225,9 @@ fn xadd_reference(sys: &System) -> f64 {
     rate
 }
 
-async fn staged(sys: &System) -> i64 {
-    sys.staged().await
-}
-
 /// Time for a fresh streamer to drain a pre-staged backlog into an empty stream.
 async fn drain_run(sys: &System) -> f64 {
-    reset(sys).await;
-    sqlx::query("UPDATE log_sequences SET last_seq = 0")
-        .execute(&sys.db)
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM consumers")
-        .execute(&sys.db)
-        .await
-        .unwrap();
-    let mut redis = sys.redis.connection().await;
-    let _: () = redis::cmd("DEL")
-        .arg("rocket-rides-log")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    reset_log(sys).await;
     sqlx::query(
         "INSERT INTO staged_log_records (ride_id, distance)
          SELECT g, (5 + g % 995)::numeric FROM generate_series(1, $1) g",
@@ -238,7 +244,7 @@ async fn drain_run(sys: &System) -> f64 {
     let started = Instant::now();
     streamer.start();
     wait_until("the backlog to drain", Duration::from_secs(600), || async {
-        match staged(sys).await {
+        match sys.staged().await {
             0 => Ok(()),
             n => Err(n),
         }
@@ -312,7 +318,7 @@ async fn end_to_end(
                     .arg("BLOCK")
                     .arg(100)
                     .arg("STREAMS")
-                    .arg("rocket-rides-log")
+                    .arg(LOG)
                     .arg(&from)
                     .query_async(&mut redis)
                     .await
@@ -562,24 +568,10 @@ async fn main() {
     // 3. End to end at half the measured maximum.
     let max = rows.iter().map(|r| r.1.per_second).fold(0.0, f64::max);
     let rate = max / 2.0;
-    reset(&sys).await;
-    sqlx::query("DELETE FROM consumers")
-        .execute(&sys.db)
-        .await
-        .unwrap();
+    reset_log(&sys).await;
     let mut streamer = sys.service(Bin::Streamer, "e2e-streamer", &[("RUST_LOG", "warn")]);
     let mut c0 = sys.service(Bin::Consumer, "e2e-consumer0", &[("RUST_LOG", "warn")]);
     let mut c1 = sys.service(Bin::Consumer, "e2e-consumer1", &[("RUST_LOG", "warn")]);
-    let mut redis = sys.redis.connection().await;
-    let _: () = redis::cmd("DEL")
-        .arg("rocket-rides-log")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE log_sequences SET last_seq = 0")
-        .execute(&sys.db)
-        .await
-        .unwrap();
     for p in [&mut streamer, &mut c0, &mut c1] {
         sys.start_ready(p).await;
     }
