@@ -15,7 +15,7 @@ use std::{
 };
 
 use redis::streams::StreamReadReply;
-use rocket_rides_platform::stream::StreamId;
+use rocket_rides_log::StreamId;
 use rocket_rides_proto::v1::{
     CreateRideRequest, GetTotalRequest, consumer_service_client::ConsumerServiceClient,
     ride_service_client::RideServiceClient,

@@ -24,7 +24,7 @@ pub enum RideError {
 
 impl From<sqlx::Error> for RideError {
     fn from(e: sqlx::Error) -> Self {
-        if rocket_rides_platform::db::is_unavailable(&e) {
+        if rocket_rides_platform::postgres::is_unavailable(&e) {
             Self::Unavailable(e)
         } else {
             Self::Database(e)

@@ -1,7 +1,8 @@
 //! `RideService`: a ride and its log record are written by one statement, hence one
 //! transaction, so the log can never carry a ride the database does not have.
 
-use rocket_rides_platform::telemetry::propagation;
+use rocket_rides_log::sql::{FIND_BY_KEY, INSERT_RIDE};
+use rocket_rides_platform::telemetry::{propagation, spans};
 use rocket_rides_proto::v1::{
     CreateRideRequest, CreateRideResponse, ride_service_server::RideService,
 };
@@ -9,30 +10,16 @@ use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::{error::RideError, validate};
-
-/// Inserts the ride (unless its idempotency key is taken) and stages its log record.
-const INSERT_RIDE: &str = "
-    WITH ride AS (
-        INSERT INTO rides (distance, idempotency_key) VALUES ($1::numeric, $2)
-        ON CONFLICT (idempotency_key) DO NOTHING
-        RETURNING id, distance
-    )
-    INSERT INTO staged_log_records (ride_id, distance, traceparent, tracestate)
-    SELECT id, distance, $3, $4 FROM ride
-    RETURNING ride_id";
-
-/// The ride an idempotency key already names, and whether it has the requested distance.
-const FIND_BY_KEY: &str =
-    "SELECT id, distance = $2::numeric, distance::text FROM rides WHERE idempotency_key = $1";
+use crate::{error::RideError, metrics::Metrics, validate};
 
 pub struct Rides {
     pool: PgPool,
+    metrics: Metrics,
 }
 
 impl Rides {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, metrics: Metrics) -> Self {
+        Self { pool, metrics }
     }
 
     async fn create(&self, req: CreateRideRequest) -> Result<CreateRideResponse, RideError> {
@@ -48,11 +35,11 @@ impl Rides {
             .bind(&trace.traceparent)
             .bind(&trace.tracestate)
             .fetch_optional(&self.pool)
-            .instrument(db_span("INSERT rides, staged_log_records"))
+            .instrument(spans::postgres("INSERT rides, staged_log_records"))
             .await?;
         if let Some(ride_id) = inserted {
             tracing::Span::current().record("ride.id", ride_id);
-            metrics::counter!("rocket_rides_rides_created_total").increment(1);
+            self.metrics.rides_created.increment(1);
             tracing::debug!(ride_id, distance, "ride created");
             return Ok(CreateRideResponse {
                 ride_id,
@@ -67,7 +54,7 @@ impl Rides {
             .bind(key)
             .bind(&decimal)
             .fetch_one(&self.pool)
-            .instrument(db_span("SELECT rides by idempotency_key"))
+            .instrument(spans::postgres("SELECT rides by idempotency_key"))
             .await?;
         if !same {
             return Err(RideError::KeyReused {
@@ -81,16 +68,6 @@ impl Rides {
             message: "ride already created by an earlier request with this idempotency_key".into(),
         })
     }
-}
-
-/// A child span for one statement, named for what it does.
-fn db_span(statement: &'static str) -> tracing::Span {
-    tracing::info_span!(
-        "postgres",
-        otel.name = statement,
-        otel.kind = "client",
-        db.system = "postgresql",
-    )
 }
 
 #[tonic::async_trait]

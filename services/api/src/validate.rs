@@ -1,7 +1,7 @@
 //! Input checks for CreateRide. They run before any database work, so a bad request writes
 //! nothing.
 
-use rocket_rides_platform::record::MAX_DISTANCE;
+use rocket_rides_log::record::MAX_DISTANCE;
 
 use crate::error::RideError;
 
@@ -67,10 +67,7 @@ mod tests {
         assert_eq!(decimal(1e-7), "0.0000001");
         for d in [0.1, 1.0 / 3.0, 987.654321, f64::MIN_POSITIVE, 5e-324] {
             let text = decimal(d);
-            assert!(
-                rocket_rides_platform::record::is_valid_distance(&text),
-                "{text}"
-            );
+            assert!(rocket_rides_log::record::is_valid_distance(&text), "{text}");
             assert_eq!(text.parse::<f64>().unwrap(), d);
         }
     }
@@ -96,7 +93,7 @@ mod tests {
             proptest::prop_assert_eq!(distance(Some(d)).is_ok(), in_range);
             if in_range {
                 let text = decimal(d);
-                proptest::prop_assert!(rocket_rides_platform::record::is_valid_distance(&text));
+                proptest::prop_assert!(rocket_rides_log::record::is_valid_distance(&text));
                 proptest::prop_assert_eq!(text.parse::<f64>().unwrap(), d);
             }
         }

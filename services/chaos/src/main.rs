@@ -7,12 +7,13 @@ mod config;
 mod kill;
 
 use anyhow::Context;
-use rocket_rides_platform::telemetry;
+use rocket_rides_platform::{config::Vars, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let telemetry = telemetry::init("rocket-rides-chaos")?;
-    let settings = config::Settings::from_env()?;
+    let vars = Vars::from_env();
+    let telemetry = telemetry::init(&telemetry::Config::from_vars(&vars, "rocket-rides-chaos")?)?;
+    let settings = config::Settings::from_vars(&vars)?;
     let client = kube::Client::try_default()
         .await
         .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;

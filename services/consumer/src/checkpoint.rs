@@ -1,6 +1,7 @@
 //! A consumer's row in `consumers`: its running totals and its checkpoint, which therefore
 //! always commit together.
 
+use rocket_rides_log::StreamId;
 use sqlx::PgPool;
 
 /// What has been applied, as of the last commit.
@@ -9,7 +10,7 @@ pub struct Checkpoint {
     pub total_distance: f64,
     pub ride_count: i64,
     pub last_seq: i64,
-    pub last_stream_id: String,
+    pub last_stream_id: StreamId,
 }
 
 /// How a commit attempt ended.
@@ -46,16 +47,19 @@ pub async fn load(pool: &PgPool, stream: &str, name: &str) -> Result<Checkpoint,
         .bind(name)
         .execute(pool)
         .await?;
-    let (total_distance, ride_count, last_seq, last_stream_id) = sqlx::query_as(LOAD)
-        .bind(stream)
-        .bind(name)
-        .fetch_one(pool)
-        .await?;
+    let (total_distance, ride_count, last_seq, last_stream_id): (f64, i64, i64, String) =
+        sqlx::query_as(LOAD)
+            .bind(stream)
+            .bind(name)
+            .fetch_one(pool)
+            .await?;
     Ok(Checkpoint {
         total_distance,
         ride_count,
         last_seq,
-        last_stream_id,
+        last_stream_id: last_stream_id
+            .parse()
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
     })
 }
 
@@ -70,7 +74,7 @@ pub async fn commit(
     from: &Checkpoint,
     distances: &[String],
     last_seq: i64,
-    last_stream_id: &str,
+    last_stream_id: StreamId,
     crash_rate: f64,
 ) -> Result<Commit, sqlx::Error> {
     let mut tx = pool.begin().await?;
@@ -79,9 +83,9 @@ pub async fn commit(
         .bind(name)
         .bind(distances)
         .bind(last_seq)
-        .bind(last_stream_id)
+        .bind(last_stream_id.to_string())
         .bind(from.last_seq)
-        .bind(&from.last_stream_id)
+        .bind(from.last_stream_id.to_string())
         .fetch_optional(&mut *tx)
         .await?;
     let Some((total_distance, ride_count)) = row else {
@@ -97,6 +101,6 @@ pub async fn commit(
         total_distance,
         ride_count,
         last_seq,
-        last_stream_id: last_stream_id.into(),
+        last_stream_id,
     }))
 }

@@ -5,30 +5,28 @@
 use std::time::{Duration, Instant};
 
 use redis::{aio::ConnectionManager, streams::StreamReadReply};
+use rocket_rides_log::{
+    Entry, StreamId,
+    stream::{BadStreamId, dead_letter_stream},
+};
 use rocket_rides_platform::{
     retry::Backoff,
     shutdown::CancellationToken,
-    stream::dead_letter_stream,
-    telemetry::propagation::{self, TraceContext},
+    telemetry::{propagation, spans},
 };
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::{
+    Config,
     checkpoint::{self, Checkpoint, Commit},
+    metrics::Metrics,
     plan::{self, Gap, Plan},
 };
 
 /// How long one XREAD waits for new entries.
 pub const BLOCK: Duration = Duration::from_secs(2);
-
-pub struct Settings {
-    pub stream: String,
-    pub name: String,
-    pub batch_size: u32,
-    pub crash_rate: f64,
-}
 
 #[derive(Debug, thiserror::Error)]
 enum ConsumeError {
@@ -36,6 +34,8 @@ enum ConsumeError {
     Postgres(#[from] sqlx::Error),
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("Redis answered with {0}")]
+    Protocol(#[from] BadStreamId),
     #[error("another consumer named {0:?} moved this checkpoint; run one process per name")]
     Moved(String),
 }
@@ -46,37 +46,20 @@ enum Stop {
 }
 
 pub struct Consumer {
-    settings: Settings,
-    pool: PgPool,
+    pub config: Config,
+    pub pool: PgPool,
     /// For the blocking XREAD only.
-    reader: ConnectionManager,
+    pub reader: ConnectionManager,
     /// For everything else (dead letters).
-    redis: ConnectionManager,
+    pub redis: ConnectionManager,
+    pub metrics: Metrics,
     /// The committed checkpoint, for GetTotal (None until first loaded).
-    published: watch::Sender<Option<Checkpoint>>,
+    pub published: watch::Sender<Option<Checkpoint>>,
     /// False once a gap is found: the service is then held NOT_SERVING.
-    sound: watch::Sender<bool>,
+    pub sound: watch::Sender<bool>,
 }
 
 impl Consumer {
-    pub fn new(
-        settings: Settings,
-        pool: PgPool,
-        reader: ConnectionManager,
-        redis: ConnectionManager,
-        published: watch::Sender<Option<Checkpoint>>,
-        sound: watch::Sender<bool>,
-    ) -> Self {
-        Self {
-            settings,
-            pool,
-            reader,
-            redis,
-            published,
-            sound,
-        }
-    }
-
     pub async fn run(self, cancel: CancellationToken) {
         let mut backoff = Backoff::default();
         loop {
@@ -100,7 +83,7 @@ impl Consumer {
         cancel: &CancellationToken,
         backoff: &mut Backoff,
     ) -> Result<Stop, ConsumeError> {
-        let Settings { stream, name, .. } = &self.settings;
+        let Config { stream, name, .. } = &self.config;
         let mut at = checkpoint::load(&self.pool, stream, name).await?;
         tracing::info!(
             last_seq = at.last_seq,
@@ -112,7 +95,7 @@ impl Consumer {
         loop {
             let entries = tokio::select! {
                 _ = cancel.cancelled() => return Ok(Stop::Cancelled),
-                read = self.read(&at.last_stream_id) => read?,
+                read = self.read(at.last_stream_id) => read?,
             };
             backoff.reset();
             if entries.is_empty() {
@@ -120,7 +103,7 @@ impl Consumer {
             }
             let plan = plan::plan(&entries, at.last_seq);
             self.set_aside(&plan).await?;
-            if let Some(last_stream_id) = &plan.last_stream_id {
+            if let Some(last_stream_id) = plan.last_stream_id {
                 match self.apply(&plan, &at, last_stream_id).await? {
                     Commit::Done(next) => {
                         at = next;
@@ -148,9 +131,9 @@ impl Consumer {
         &self,
         plan: &Plan,
         at: &Checkpoint,
-        last_stream_id: &str,
+        last_stream_id: StreamId,
     ) -> Result<Commit, sqlx::Error> {
-        let Settings { stream, name, .. } = &self.settings;
+        let Config { stream, name, .. } = &self.config;
         let started = Instant::now();
         let distances = plan.distances();
         let duplicates = plan.duplicates();
@@ -181,15 +164,7 @@ impl Consumer {
                     stream.id = %seen.stream_id,
                     duplicate.skipped = seen.duplicate,
                 );
-                propagation::set_remote_parent(
-                    &span,
-                    propagation::context_of(&TraceContext {
-                        traceparent: seen.record.traceparent.clone(),
-                        tracestate: seen.record.tracestate.clone(),
-                    }),
-                );
-                propagation::link(&span, &batch);
-                span
+                propagation::join(span, &seen.record.trace, &batch)
             })
             .collect();
         let commit = checkpoint::commit(
@@ -200,30 +175,21 @@ impl Consumer {
             &distances,
             plan.last_seq,
             last_stream_id,
-            self.settings.crash_rate,
+            self.config.crash_rate,
         )
-        .instrument(tracing::info_span!(
-            parent: &batch,
-            "postgres",
-            otel.name = "UPDATE consumers, COMMIT",
-            otel.kind = "client",
-            db.system = "postgresql",
-        ))
+        .instrument(batch.in_scope(|| spans::postgres("UPDATE consumers, COMMIT")))
         .await?;
         let crashed = matches!(commit, Commit::SimulatedCrash);
         batch.record("simulated.crash", crashed);
-        let consumer = name.clone();
+        let metrics = &self.metrics;
         if crashed {
-            metrics::counter!("rocket_rides_simulated_crashes_total", "consumer" => consumer)
-                .increment(1);
+            metrics.simulated_crashes.increment(1);
         } else if let Commit::Done(next) = &commit {
-            metrics::counter!("rocket_rides_records_applied_total", "consumer" => consumer.clone())
-                .increment(distances.len() as u64);
-            metrics::counter!("rocket_rides_duplicates_skipped_total", "consumer" => consumer.clone())
-                .increment(duplicates as u64);
-            metrics::histogram!("rocket_rides_consumer_batch_size", "consumer" => consumer.clone())
-                .record(plan.seen.len() as f64);
-            metrics::histogram!("rocket_rides_consumer_batch_duration_seconds", "consumer" => consumer)
+            metrics.applied.increment(distances.len() as u64);
+            metrics.duplicates.increment(duplicates as u64);
+            metrics.batch_size.record(plan.seen.len() as f64);
+            metrics
+                .batch_duration
                 .record(started.elapsed().as_secs_f64());
             tracing::debug!(
                 parent: &batch,
@@ -236,22 +202,18 @@ impl Consumer {
         Ok(commit)
     }
 
-    async fn read(&self, from: &str) -> Result<Vec<redis::streams::StreamId>, redis::RedisError> {
+    async fn read(&self, from: StreamId) -> Result<Vec<Entry>, ConsumeError> {
         let reply: Option<StreamReadReply> = redis::cmd("XREAD")
             .arg("COUNT")
-            .arg(self.settings.batch_size)
+            .arg(self.config.batch_size)
             .arg("BLOCK")
             .arg(BLOCK.as_millis() as u64)
             .arg("STREAMS")
-            .arg(&self.settings.stream)
+            .arg(&self.config.stream)
             .arg(from)
             .query_async(&mut self.reader.clone())
             .await?;
-        Ok(reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .collect())
+        Ok(Entry::from_read(reply)?)
     }
 
     /// Copies entries that are not valid records to the dead-letter stream before the
@@ -260,21 +222,20 @@ impl Consumer {
         if plan.malformed.is_empty() {
             return Ok(());
         }
-        let dead_letters = dead_letter_stream(&self.settings.stream);
+        let dead_letters = dead_letter_stream(&self.config.stream);
         let mut pipe = redis::pipe();
         for (id, error) in &plan.malformed {
             tracing::error!(stream_id = %id, %error, dead_letters = %dead_letters, "malformed entry set aside");
-            metrics::counter!("rocket_rides_dead_letters_total", "consumer" => self.settings.name.clone())
-                .increment(1);
+            self.metrics.dead_letters.increment(1);
             pipe.cmd("XADD")
                 .arg(&dead_letters)
                 .arg("*")
                 .arg("source_stream")
-                .arg(&self.settings.stream)
+                .arg(&self.config.stream)
                 .arg("source_id")
                 .arg(id)
                 .arg("consumer")
-                .arg(&self.settings.name)
+                .arg(&self.config.name)
                 .arg("error")
                 .arg(error.to_string())
                 .ignore();
@@ -287,8 +248,7 @@ impl Consumer {
     /// consumer stops, reports NOT_SERVING and says so until it is shut down.
     async fn halt(self, gap: Gap, cancel: CancellationToken) {
         self.sound.send_replace(false);
-        metrics::gauge!("rocket_rides_consumer_gap", "consumer" => self.settings.name.clone())
-            .set(1.0);
+        self.metrics.gap.set(1.0);
         loop {
             tracing::error!(
                 expected_seq = gap.expected_seq,

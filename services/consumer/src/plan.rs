@@ -1,13 +1,12 @@
 //! Deciding what a batch of stream entries does to a consumer, before touching the database.
 //! Pure, so the exactly-once rules are tested here without Redis or Postgres.
 
-use redis::streams::StreamId as Entry;
-use rocket_rides_platform::record::{LogRecord, RecordError};
+use rocket_rides_log::{Entry, LogRecord, RecordError, StreamId};
 
 /// A valid record read from the stream.
 #[derive(Debug, PartialEq)]
 pub struct Seen {
-    pub stream_id: String,
+    pub stream_id: StreamId,
     pub record: LogRecord,
     /// Already applied (a double send or a re-send): skipped.
     pub duplicate: bool,
@@ -19,10 +18,10 @@ pub struct Plan {
     /// Valid records up to the gap (if any), in stream order.
     pub seen: Vec<Seen>,
     /// Entries that are not valid records: set aside, never applied.
-    pub malformed: Vec<(String, RecordError)>,
+    pub malformed: Vec<(StreamId, RecordError)>,
     /// The checkpoint after the batch: last sequence applied and last entry read.
     pub last_seq: i64,
-    pub last_stream_id: Option<String>,
+    pub last_stream_id: Option<StreamId>,
     /// A record that is not the next one: everything between was lost.
     pub gap: Option<Gap>,
 }
@@ -31,7 +30,7 @@ pub struct Plan {
 pub struct Gap {
     pub expected_seq: i64,
     pub found_seq: i64,
-    pub stream_id: String,
+    pub stream_id: StreamId,
 }
 
 /// Applies `seq == last + 1`, skips `seq <= last`, and stops before the first `seq > last + 1`.
@@ -41,14 +40,14 @@ pub fn plan(entries: &[Entry], last_seq: i64) -> Plan {
         ..Plan::default()
     };
     for entry in entries {
-        match LogRecord::from_entry(entry) {
-            Err(e) => plan.malformed.push((entry.id.clone(), e)),
+        match &entry.record {
+            Err(e) => plan.malformed.push((entry.id, e.clone())),
             Ok(record) if record.seq <= plan.last_seq + 1 => {
                 let duplicate = record.seq <= plan.last_seq;
                 plan.last_seq = plan.last_seq.max(record.seq);
                 plan.seen.push(Seen {
-                    stream_id: entry.id.clone(),
-                    record,
+                    stream_id: entry.id,
+                    record: record.clone(),
                     duplicate,
                 });
             }
@@ -56,12 +55,12 @@ pub fn plan(entries: &[Entry], last_seq: i64) -> Plan {
                 plan.gap = Some(Gap {
                     expected_seq: plan.last_seq + 1,
                     found_seq: record.seq,
-                    stream_id: entry.id.clone(),
+                    stream_id: entry.id,
                 });
                 return plan;
             }
         }
-        plan.last_stream_id = Some(entry.id.clone());
+        plan.last_stream_id = Some(entry.id);
     }
     plan
 }
@@ -84,23 +83,23 @@ impl Plan {
 
 #[cfg(test)]
 mod tests {
-    use redis::Value;
+    use rocket_rides_platform::telemetry::propagation::TraceContext;
 
     use super::*;
 
-    fn entry(id: &str, seq: i64, distance: &str) -> Entry {
-        let fields = [
-            ("seq", seq.to_string()),
-            ("ride_id", seq.to_string()),
-            ("distance", distance.to_string()),
-        ];
+    fn id(text: &str) -> StreamId {
+        text.parse().unwrap()
+    }
+
+    fn entry(at: &str, seq: i64, distance: &str) -> Entry {
         Entry {
-            id: id.into(),
-            map: fields
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), Value::BulkString(v.into_bytes())))
-                .collect(),
-            ..Default::default()
+            id: id(at),
+            record: Ok(LogRecord {
+                seq,
+                ride_id: seq,
+                distance: distance.into(),
+                trace: TraceContext::default(),
+            }),
         }
     }
 
@@ -117,7 +116,7 @@ mod tests {
         assert_eq!(p.distances(), ["1.5", "2", "3"]);
         assert_eq!(p.duplicates(), 2);
         assert_eq!(p.last_seq, 3);
-        assert_eq!(p.last_stream_id.as_deref(), Some("1-4"));
+        assert_eq!(p.last_stream_id, Some(id("1-4")));
         assert_eq!(p.gap, None);
     }
 
@@ -128,7 +127,7 @@ mod tests {
         assert!(p.distances().is_empty());
         assert_eq!(p.duplicates(), 2);
         assert_eq!(p.last_seq, 5);
-        assert_eq!(p.last_stream_id.as_deref(), Some("5-1"));
+        assert_eq!(p.last_stream_id, Some(id("5-1")));
     }
 
     #[test]
@@ -141,27 +140,29 @@ mod tests {
         let p = plan(&batch, 7);
         assert_eq!(p.distances(), ["1"]);
         assert_eq!(p.last_seq, 8);
-        assert_eq!(p.last_stream_id.as_deref(), Some("1-0"));
+        assert_eq!(p.last_stream_id, Some(id("1-0")));
         assert_eq!(
             p.gap,
             Some(Gap {
                 expected_seq: 9,
                 found_seq: 10,
-                stream_id: "1-1".into()
+                stream_id: id("1-1")
             })
         );
     }
 
     #[test]
     fn malformed_entries_are_set_aside_and_passed() {
-        let mut bad = entry("1-1", 2, "-4");
-        bad.map.remove("seq");
+        let bad = Entry {
+            id: id("1-1"),
+            record: Err(RecordError::Missing("seq")),
+        };
         let batch = [entry("1-0", 1, "1"), bad, entry("1-2", 2, "2")];
         let p = plan(&batch, 0);
         assert_eq!(p.distances(), ["1", "2"]);
         assert_eq!(p.malformed.len(), 1);
-        assert_eq!(p.malformed[0].0, "1-1");
-        assert_eq!(p.last_stream_id.as_deref(), Some("1-2"));
+        assert_eq!(p.malformed[0].0, id("1-1"));
+        assert_eq!(p.last_stream_id, Some(id("1-2")));
     }
 
     /// Builds the stream the streamer could have written for records 1..=n: each in order,

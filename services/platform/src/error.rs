@@ -1,7 +1,10 @@
 //! The platform's error: what went wrong configuring or running a service's plumbing. Every
 //! message names what to check.
 
-use std::net::SocketAddr;
+use std::{fmt::Display, net::SocketAddr};
+
+/// Any error a task of a service may end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -27,6 +30,22 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("gRPC server failed: {0}")]
-    Serve(#[from] tonic::transport::Error),
+    #[error("task {task:?} failed: {source}")]
+    Task {
+        task: &'static str,
+        source: BoxError,
+    },
+    #[error("task {0:?} stopped before shutdown was asked for")]
+    Stopped(&'static str),
+}
+
+impl Error {
+    /// A variable whose value is unusable, with the reason.
+    pub fn invalid(name: &'static str, value: impl Display, reason: impl Display) -> Self {
+        Self::Invalid {
+            name,
+            value: value.to_string(),
+            reason: reason.to_string(),
+        }
+    }
 }

@@ -3,33 +3,41 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::Router, server::TcpIncoming};
 use tower::layer::util::{Identity, Stack};
 
-use crate::grpc_layer::GrpcTelemetryLayer;
+use crate::{Error, grpc_layer::GrpcTelemetryLayer, health::Health};
 
 /// The router every service builds on: health and reflection behind the telemetry layer.
 pub type GrpcRouter = Router<Stack<GrpcTelemetryLayer, Identity>>;
-
-use crate::{Error, health::Health};
 
 /// The longest a request may run before it is answered DEADLINE_EXCEEDED.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A router serving health and reflection; `services` names the application services that the
-/// caller adds, so reflection lists exactly what this server answers.
-pub fn router(health: &Health, services: &[&str]) -> Result<GrpcRouter, Error> {
+/// The services a server answers besides health and reflection: their names, and the encoded
+/// descriptors that define them, so reflection lists exactly what this server answers.
+#[derive(Clone, Copy, Default)]
+pub struct Services<'a> {
+    pub names: &'a [&'a str],
+    pub descriptors: &'a [u8],
+}
+
+/// A router serving health and reflection; the caller adds the application `services`.
+pub fn router(health: &Health, services: Services<'_>) -> Result<GrpcRouter, Error> {
     let reflection = || {
         let mut builder = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(rocket_rides_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .with_service_name("grpc.health.v1.Health")
             .with_service_name("grpc.reflection.v1.ServerReflection")
             .with_service_name("grpc.reflection.v1alpha.ServerReflection");
-        for service in services {
+        if !services.descriptors.is_empty() {
+            builder = builder.register_encoded_file_descriptor_set(services.descriptors);
+        }
+        for service in services.names {
             builder = builder.with_service_name(*service);
         }
         builder
@@ -42,19 +50,25 @@ pub fn router(health: &Health, services: &[&str]) -> Result<GrpcRouter, Error> {
         .add_service(reflection().build_v1alpha()?))
 }
 
-/// Serves `router` on `addr` until `cancel`, then reports NOT_SERVING, stops accepting and lets
-/// in-flight requests finish (for at most `DRAIN_TIMEOUT`).
+/// Binds the server's address, first thing, so a taken port or a bad address fails start-up
+/// with an error that names it.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+/// Serves `router` on `listener` until `cancel`, then reports NOT_SERVING, stops accepting and
+/// lets in-flight requests finish (for at most `DRAIN_TIMEOUT`).
 pub async fn serve(
     router: GrpcRouter,
-    addr: SocketAddr,
+    listener: TcpListener,
     health: Health,
     cancel: CancellationToken,
-) -> Result<(), Error> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })?;
-    let local = listener.local_addr().unwrap_or(addr);
-    tracing::info!(addr = %local, "gRPC server listening");
+) -> Result<(), tonic::transport::Error> {
+    if let Ok(local) = listener.local_addr() {
+        tracing::info!(addr = %local, "gRPC server listening");
+    }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let signal = {
         let cancel = cancel.clone();
@@ -65,7 +79,7 @@ pub async fn serve(
     };
     let server = router.serve_with_incoming_shutdown(incoming, signal);
     tokio::select! {
-        result = server => Ok(result?),
+        result = server => result,
         _ = async { cancel.cancelled().await; tokio::time::sleep(DRAIN_TIMEOUT).await } => {
             tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}; stopping anyway");
             Ok(())

@@ -15,7 +15,7 @@ use tonic_health::{
     server::{HealthReporter, HealthService},
 };
 
-use crate::{db, redis as redis_conn};
+use crate::{postgres, redis_conn};
 
 /// The name a liveness probe asks for.
 pub const LIVENESS: &str = "liveness";
@@ -74,7 +74,7 @@ impl Dependency {
 
     async fn reachable(&self) -> bool {
         match self {
-            Self::Postgres(pool) => db::ping(pool).await,
+            Self::Postgres(pool) => postgres::ping(pool).await,
             Self::Redis(conn) => redis_conn::ping(conn).await,
         }
     }
@@ -82,47 +82,45 @@ impl Dependency {
 
 /// Checks the dependencies every second and keeps readiness up to date until `cancel`, then
 /// reports NOT_SERVING. `held` (when given) must be true for the service to be ready.
-pub fn spawn_monitor(
+pub async fn monitor(
     health: Health,
     dependencies: Vec<Dependency>,
     mut held: Option<watch::Receiver<bool>>,
     cancel: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut was_up = vec![true; dependencies.len()];
-        let mut last_ready = None;
-        loop {
-            let mut ready = held.as_ref().is_none_or(|h| *h.borrow());
-            for (dep, was_up) in dependencies.iter().zip(was_up.iter_mut()) {
-                let up = dep.reachable().await;
-                match (*was_up, up) {
-                    (true, false) => tracing::warn!(dependency = dep.name(), "unreachable"),
-                    (false, true) => tracing::info!(dependency = dep.name(), "reachable again"),
-                    _ => {}
-                }
-                *was_up = up;
-                ready &= up;
+) {
+    let mut was_up = vec![true; dependencies.len()];
+    let mut last_ready = None;
+    loop {
+        let mut ready = held.as_ref().is_none_or(|h| *h.borrow());
+        for (dep, was_up) in dependencies.iter().zip(was_up.iter_mut()) {
+            let up = dep.reachable().await;
+            match (*was_up, up) {
+                (true, false) => tracing::warn!(dependency = dep.name(), "unreachable"),
+                (false, true) => tracing::info!(dependency = dep.name(), "reachable again"),
+                _ => {}
             }
-            if last_ready != Some(ready) && !cancel.is_cancelled() {
-                health.set_ready(ready).await;
-                last_ready = Some(ready);
-            }
-            let held_changed = async {
-                // No gate, or a dropped sender, never changes again.
-                let changed = match held.as_mut() {
-                    Some(h) => h.changed().await.is_ok(),
-                    None => false,
-                };
-                if !changed {
-                    std::future::pending::<()>().await;
-                }
-            };
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = held_changed => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
+            *was_up = up;
+            ready &= up;
         }
-        health.set_ready(false).await;
-    })
+        if last_ready != Some(ready) && !cancel.is_cancelled() {
+            health.set_ready(ready).await;
+            last_ready = Some(ready);
+        }
+        let held_changed = async {
+            // No gate, or a dropped sender, never changes again.
+            let changed = match held.as_mut() {
+                Some(h) => h.changed().await.is_ok(),
+                None => false,
+            };
+            if !changed {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = held_changed => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    health.set_ready(false).await;
 }

@@ -1,19 +1,18 @@
-//! What every Rocket Rides service shares: configuration from the environment, logging, the
-//! Postgres pool and schema, the Redis connection, gRPC health and reflection, shutdown on
-//! signals, and the log record that travels from the outbox through the stream to consumers.
+//! The plumbing every Rocket Rides service shares: typed configuration, the supervised runner,
+//! logging and tracing, Prometheus metrics, the Postgres pool and Redis connection, gRPC health
+//! and reflection, shutdown on signals. What the log *is* lives in `rocket-rides-log`.
 
 pub mod config;
-pub mod db;
 mod error;
 pub mod grpc;
 pub mod grpc_layer;
 pub mod health;
-pub mod metrics;
-pub mod record;
-pub mod redis;
+pub mod postgres;
+pub mod prometheus;
+pub mod redis_conn;
 pub mod retry;
+pub mod runner;
 pub mod shutdown;
-pub mod stream;
 pub mod telemetry;
 
-pub use error::Error;
+pub use error::{BoxError, Error};

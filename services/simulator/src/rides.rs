@@ -17,6 +17,8 @@ use tokio::sync::Semaphore;
 use tonic::{Code, transport::Channel};
 use tracing::Instrument;
 
+use crate::metrics::Metrics;
+
 /// At most this many rides are in flight at once.
 const MAX_IN_FLIGHT: usize = 64;
 
@@ -30,7 +32,13 @@ impl Counter {
     }
 }
 
-pub async fn run(api: Channel, rate: f64, created: Counter, cancel: CancellationToken) {
+pub async fn run(
+    api: Channel,
+    rate: f64,
+    created: Counter,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) {
     let client = RideServiceClient::new(api);
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
@@ -43,11 +51,16 @@ pub async fn run(api: Channel, rate: f64, created: Counter, cancel: Cancellation
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break;
         };
-        let (client, created, cancel) = (client.clone(), created.clone(), cancel.clone());
+        let (client, created, metrics, cancel) = (
+            client.clone(),
+            created.clone(),
+            metrics.clone(),
+            cancel.clone(),
+        );
         let span = tracing::info_span!("simulate ride", otel.kind = "client");
         tokio::spawn(
             async move {
-                create_one(client, &created, &cancel).await;
+                create_one(client, &created, &metrics, &cancel).await;
                 drop(permit);
             }
             .instrument(span),
@@ -60,6 +73,7 @@ pub async fn run(api: Channel, rate: f64, created: Counter, cancel: Cancellation
 async fn create_one(
     mut client: RideServiceClient<Channel>,
     created: &Counter,
+    metrics: &Metrics,
     cancel: &CancellationToken,
 ) {
     let distance = (rand::rng().random_range(5.0..=1000.0_f64) * 100.0).round() / 100.0;
@@ -72,7 +86,7 @@ async fn create_one(
         match client.create_ride(traced(request.clone())).await {
             Ok(response) => {
                 created.0.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("rocket_rides_simulator_rides_acknowledged_total").increment(1);
+                metrics.acknowledged.increment(1);
                 let ride = response.into_inner();
                 tracing::debug!(ride_id = ride.ride_id, distance, "ride created");
                 return;
@@ -83,7 +97,7 @@ async fn create_one(
                 tokio::time::sleep(delay).await;
             }
             Err(status) => {
-                metrics::counter!("rocket_rides_simulator_rides_failed_total").increment(1);
+                metrics.failed.increment(1);
                 tracing::error!(code = ?status.code(), message = status.message(), "CreateRide failed");
                 return;
             }

@@ -5,10 +5,11 @@
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use rocket_rides_platform::{shutdown::CancellationToken, stream::StreamId};
+use rocket_rides_log::StreamId;
+use rocket_rides_platform::shutdown::CancellationToken;
 use sqlx::PgPool;
 
-use crate::streamer::StreamError;
+use crate::{metrics::Metrics, streamer::StreamError};
 
 const EVERY: Duration = Duration::from_secs(1);
 
@@ -21,10 +22,11 @@ pub async fn run(
     pool: PgPool,
     mut redis: ConnectionManager,
     stream: String,
+    metrics: Metrics,
     cancel: CancellationToken,
 ) {
     loop {
-        if let Err(e) = measure(&pool, &mut redis, &stream).await {
+        if let Err(e) = measure(&pool, &mut redis, &stream, &metrics).await {
             tracing::debug!(error = %e, "measuring backlog and lag failed");
         }
         tokio::select! {
@@ -38,14 +40,15 @@ async fn measure(
     pool: &PgPool,
     redis: &mut ConnectionManager,
     stream: &str,
+    metrics: &Metrics,
 ) -> Result<(), StreamError> {
     let staged: i64 = sqlx::query_scalar("SELECT count(*) FROM staged_log_records")
         .fetch_one(pool)
         .await?;
-    metrics::gauge!("rocket_rides_staged_records").set(staged as f64);
+    metrics.staged.set(staged as f64);
 
     let len: u64 = redis::cmd("XLEN").arg(stream).query_async(redis).await?;
-    metrics::gauge!("rocket_rides_stream_length").set(len as f64);
+    metrics.stream_length.set(len as f64);
     let newest: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
         .arg(stream)
         .arg("+")
@@ -66,9 +69,9 @@ async fn measure(
             (Some(newest), Ok(at)) if behind > 0 => newest.ms.saturating_sub(at.ms) as f64 / 1000.0,
             _ => 0.0,
         };
-        metrics::gauge!("rocket_rides_consumer_lag_entries", "consumer" => name.clone())
-            .set(behind as f64);
-        metrics::gauge!("rocket_rides_consumer_lag_seconds", "consumer" => name).set(seconds);
+        let lag = Metrics::lag(&name);
+        lag.entries.set(behind as f64);
+        lag.seconds.set(seconds);
     }
     Ok(())
 }

@@ -12,26 +12,29 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use redis::aio::ConnectionManager;
+use rocket_rides_log::LogRecord;
 use rocket_rides_platform::{
-    record::LogRecord,
     retry::Backoff,
     shutdown::CancellationToken,
-    telemetry::propagation::{self, TraceContext},
+    telemetry::{
+        propagation::{self, TraceContext},
+        spans,
+    },
 };
 use sqlx::{
     Connection, PgConnection, PgPool,
     postgres::{PgConnectOptions, PgListener},
 };
-
 use tracing::Instrument;
 
-use crate::trim;
+use crate::{Config, metrics::Metrics, trim};
 
 /// Postgres channel the staging trigger notifies on commit.
 const CHANNEL: &str = "staged_log_records";
 /// Fallback poll while idle, in case a notification was missed (e.g. across a reconnect).
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
+/// What the streaming loop needs of the configuration.
 pub struct Settings {
     pub stream: String,
     pub batch_size: u32,
@@ -48,18 +51,18 @@ pub enum StreamError {
 }
 
 /// Sets the leader gauge while alive, so it drops back to 0 however leadership ends.
-struct Leading;
+struct Leading(metrics::Gauge);
 
 impl Leading {
-    fn start() -> Self {
-        metrics::gauge!("rocket_rides_streamer_leader").set(1.0);
-        Self
+    fn start(gauge: &metrics::Gauge) -> Self {
+        gauge.set(1.0);
+        Self(gauge.clone())
     }
 }
 
 impl Drop for Leading {
     fn drop(&mut self) {
-        metrics::gauge!("rocket_rides_streamer_leader").set(0.0);
+        self.0.set(0.0);
     }
 }
 
@@ -69,8 +72,8 @@ struct StagedRow {
     id: i64,
     ride_id: i64,
     distance: String,
-    traceparent: Option<String>,
-    tracestate: Option<String>,
+    #[sqlx(flatten)]
+    trace: TraceContext,
 }
 
 pub struct Streamer {
@@ -78,6 +81,7 @@ pub struct Streamer {
     options: PgConnectOptions,
     pool: PgPool,
     redis: ConnectionManager,
+    metrics: Metrics,
 }
 
 const LAST_SEQ: &str = "SELECT last_seq FROM log_sequences WHERE stream = $1 FOR UPDATE";
@@ -90,21 +94,27 @@ const READY_ROWS: &str = "
 
 impl Streamer {
     pub fn new(
-        settings: Settings,
-        options: PgConnectOptions,
+        config: &Config,
         pool: PgPool,
         redis: ConnectionManager,
-    ) -> Self {
-        Self {
-            settings,
-            options,
+        metrics: Metrics,
+    ) -> Result<Self, rocket_rides_platform::Error> {
+        Ok(Self {
+            settings: Settings {
+                stream: config.stream.clone(),
+                batch_size: config.batch_size,
+                max_len: config.max_len,
+                double_send_rate: config.double_send_rate,
+            },
+            options: config.postgres.options()?,
             pool,
             redis,
-        }
+            metrics,
+        })
     }
 
     /// Leads (or stands by) until `cancel`; after any failure, waits and starts over.
-    pub async fn run(&mut self, cancel: CancellationToken) {
+    pub async fn run(mut self, cancel: CancellationToken) {
         let mut backoff = Backoff::default();
         while !cancel.is_cancelled() {
             match self.lead(&cancel, &mut backoff).await {
@@ -154,7 +164,7 @@ impl Streamer {
             .await?;
         tracing::info!("leading: streaming staged records");
         backoff.reset();
-        let _leading = Leading::start();
+        let _leading = Leading::start(&self.metrics.leader);
 
         // Rows committed but held back by an older running transaction are retried soon,
         // backing off while that transaction stays open.
@@ -232,21 +242,12 @@ impl Streamer {
                 ride.id = row.ride_id,
                 log.seq = seq,
             );
-            propagation::set_remote_parent(
-                &span,
-                propagation::context_of(&TraceContext {
-                    traceparent: row.traceparent,
-                    tracestate: row.tracestate,
-                }),
-            );
-            propagation::link(&span, &batch);
-            let trace = propagation::of_span(&span);
+            let span = propagation::join(span, &row.trace, &batch);
             let record = LogRecord {
                 seq,
                 ride_id: row.ride_id,
                 distance: row.distance,
-                traceparent: trace.traceparent,
-                tracestate: trace.tracestate,
+                trace: propagation::of_span(&span),
             };
             xadd.cmd("XADD")
                 .arg(&self.settings.stream)
@@ -261,13 +262,7 @@ impl Streamer {
             batch.record("simulated.double_send", double_send);
             for _ in 0..if double_send { 2 } else { 1 } {
                 xadd.query_async::<()>(&mut self.redis)
-                    .instrument(tracing::info_span!(
-                        "redis",
-                        otel.name = "XADD",
-                        otel.kind = "client",
-                        db.system = "redis",
-                        messaging.batch.message_count = count,
-                    ))
+                    .instrument(spans::redis("XADD"))
                     .await?;
             }
             async {
@@ -282,16 +277,14 @@ impl Streamer {
                     .await?;
                 tx.commit().await
             }
-            .instrument(tracing::info_span!(
-                "postgres",
-                otel.name = "DELETE staged_log_records, UPDATE log_sequences, COMMIT",
-                otel.kind = "client",
-                db.system = "postgresql",
+            .instrument(spans::postgres(
+                "DELETE staged_log_records, UPDATE log_sequences, COMMIT",
             ))
             .await?;
-            metrics::counter!("rocket_rides_records_streamed_total").increment(count as u64);
-            metrics::histogram!("rocket_rides_streamer_batch_size").record(count as f64);
-            metrics::histogram!("rocket_rides_streamer_batch_duration_seconds")
+            self.metrics.records_streamed.increment(count as u64);
+            self.metrics.batch_size.record(count as f64);
+            self.metrics
+                .batch_duration
                 .record(started.elapsed().as_secs_f64());
             tracing::debug!(records = count, last_seq = new_last, "batch streamed");
             Ok::<_, StreamError>(double_send)
@@ -299,7 +292,7 @@ impl Streamer {
         .instrument(batch.clone())
         .await?;
         if double_sent {
-            metrics::counter!("rocket_rides_double_sends_total").increment(1);
+            self.metrics.double_sends.increment(1);
             tracing::info!(
                 records = count,
                 first_seq = last_seq + 1,

@@ -5,7 +5,7 @@
 //! `STREAM_MAX_LEN` entries are kept.
 
 use redis::aio::ConnectionManager;
-use rocket_rides_platform::stream::StreamId;
+use rocket_rides_log::StreamId;
 use sqlx::PgPool;
 
 use crate::streamer::{Settings, StreamError};

@@ -11,8 +11,10 @@ use opentelemetry::{
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// A serialized trace context: `traceparent` and `tracestate` (the latter often absent).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A serialized trace context: `traceparent` and `tracestate` (the latter often absent). The
+/// one shape it has everywhere it travels: the staged row's columns (hence `FromRow`), the log
+/// record, the stream entry's fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq, sqlx::FromRow)]
 pub struct TraceContext {
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
@@ -58,6 +60,14 @@ pub fn set_remote_parent(span: &tracing::Span, parent: Context) {
 /// Links `span` to `other` (e.g. a record's span to the batch that carried it).
 pub fn link(span: &tracing::Span, other: &tracing::Span) {
     span.add_link(other.context().span().span_context().clone());
+}
+
+/// Puts a record's fresh root `span` into the trace `trace` names, linked to the `batch` that
+/// carries it, and returns it.
+pub fn join(span: tracing::Span, trace: &TraceContext, batch: &tracing::Span) -> tracing::Span {
+    set_remote_parent(&span, context_of(trace));
+    link(&span, batch);
+    span
 }
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);

@@ -6,6 +6,7 @@
 //! (a gap: something was lost, and skipping would make its total silently wrong).
 
 use redis::streams::StreamId;
+use rocket_rides_platform::telemetry::propagation::TraceContext;
 
 /// Largest ride distance in metres (also enforced by the API and the schema).
 pub const MAX_DISTANCE: f64 = 1_000_000.0;
@@ -17,9 +18,8 @@ pub struct LogRecord {
     /// The distance in metres as an exact decimal ("12.5"), never a float, so every consumer
     /// adds exactly what the database holds.
     pub distance: String,
-    /// W3C trace context of the call that created the ride.
-    pub traceparent: Option<String>,
-    pub tracestate: Option<String>,
+    /// The ride's trace, continued by whoever wrote this entry.
+    pub trace: TraceContext,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,10 +42,10 @@ impl LogRecord {
             ("ride_id", self.ride_id.to_string()),
             ("distance", self.distance.clone()),
         ];
-        if let Some(tp) = &self.traceparent {
+        if let Some(tp) = &self.trace.traceparent {
             fields.push(("traceparent", tp.clone()));
         }
-        if let Some(ts) = &self.tracestate {
+        if let Some(ts) = &self.trace.tracestate {
             fields.push(("tracestate", ts.clone()));
         }
         fields
@@ -83,8 +83,10 @@ impl LogRecord {
             seq: positive("seq")?,
             ride_id: positive("ride_id")?,
             distance,
-            traceparent: entry.get("traceparent"),
-            tracestate: entry.get("tracestate"),
+            trace: TraceContext {
+                traceparent: entry.get("traceparent"),
+                tracestate: entry.get("tracestate"),
+            },
         })
     }
 }
@@ -129,8 +131,10 @@ mod tests {
             seq: 7,
             ride_id: 42,
             distance: "12.5".into(),
-            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
-            tracestate: None,
+            trace: TraceContext {
+                traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+                tracestate: None,
+            },
         };
         let fields = record.fields();
         let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -203,8 +207,7 @@ mod tests {
                 seq,
                 ride_id,
                 distance: format!("{}.{:02}", cents / 100, cents % 100),
-                traceparent: None,
-                tracestate: None,
+                trace: TraceContext::default(),
             };
             let fields = record.fields();
             let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();

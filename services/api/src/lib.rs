@@ -1,0 +1,94 @@
+//! `rocket-rides-api`: serves `rocketrides.v1.RideService`; `migrate` applies the schema.
+
+pub mod config;
+mod error;
+mod metrics;
+mod rides;
+mod validate;
+
+use std::time::Duration;
+
+use rocket_rides_platform::{
+    Error, grpc,
+    health::Dependency,
+    postgres::{self, PostgresConfig},
+    retry::Backoff,
+    runner::Runner,
+    shutdown::CancellationToken,
+};
+use rocket_rides_proto::v1::ride_service_server::RideServiceServer;
+use tokio::net::TcpListener;
+
+pub use crate::config::Config;
+
+/// The binary's name, as logs and traces show it.
+pub const NAME: &str = "rocket-rides-api";
+const SERVICE: &str = "rocketrides.v1.RideService";
+
+/// Serves RideService on `listener` until `cancel`.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    cancel: CancellationToken,
+) -> Result<(), Error> {
+    let mut runner = Runner::start(SERVICE, &config, cancel).await?;
+    let pool = config.postgres.pool()?;
+    runner.monitor(vec![Dependency::Postgres(pool.clone())], None);
+    let rides = rides::Rides::new(pool.clone(), metrics::Metrics::register());
+    let services = grpc::Services {
+        names: &[SERVICE],
+        descriptors: rocket_rides_proto::FILE_DESCRIPTOR_SET,
+    };
+    let router =
+        grpc::router(runner.health(), services)?.add_service(RideServiceServer::new(rides));
+    runner.serve(router, listener);
+    let result = runner.run().await;
+    pool.close().await;
+    result
+}
+
+/// How long `migrate` waits for Postgres: a migration job often starts before the database.
+const MIGRATE_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error(transparent)]
+    Config(#[from] Error),
+    #[error("applying the database schema failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("shutdown asked for before the schema was applied")]
+    Cancelled,
+}
+
+/// Applies the schema, waiting up to `MIGRATE_WAIT` for Postgres to be reachable.
+pub async fn migrate(
+    config: &PostgresConfig,
+    cancel: CancellationToken,
+) -> Result<(), MigrateError> {
+    let pool = config.pool()?;
+    let deadline = tokio::time::Instant::now() + MIGRATE_WAIT;
+    let mut backoff = Backoff::default();
+    let result = loop {
+        match rocket_rides_log::schema::migrate(&pool).await {
+            Ok(()) => break Ok(()),
+            Err(sqlx::migrate::MigrateError::Execute(e))
+                if postgres::is_unavailable(&e) && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::warn!(error = %e, "Postgres not reachable yet; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => break Err(MigrateError::Cancelled),
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+            Err(e) => break Err(e.into()),
+        }
+    };
+    pool.close().await;
+    if result.is_ok() {
+        tracing::info!(
+            migrations = rocket_rides_log::schema::MIGRATOR.iter().count(),
+            "database schema is up to date"
+        );
+    }
+    result
+}

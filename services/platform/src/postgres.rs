@@ -1,0 +1,124 @@
+//! The Postgres pool. Pools connect lazily, so a service starts (and reports NOT_SERVING)
+//! while Postgres is still down, and recovers by itself when it comes back.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use crate::{Error, config::Vars};
+
+/// How long a request waits for a connection before it is answered UNAVAILABLE.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `DATABASE_URL` and `DATABASE_POOL_SIZE`. The URL is a secret: it prints as `[REDACTED]`.
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    pub url: SecretString,
+    pub pool_size: u32,
+}
+
+impl PostgresConfig {
+    /// Reads the variables; `pool_size` is the service's default for `DATABASE_POOL_SIZE`.
+    pub fn from_vars(vars: &Vars, pool_size: u32) -> Result<Self, Error> {
+        let url = vars.required(
+            "DATABASE_URL",
+            "set it to a Postgres URL such as postgres://user:password@127.0.0.1:5432/rocketrides",
+        )?;
+        let config = Self {
+            url: url.into(),
+            pool_size: vars.positive("DATABASE_POOL_SIZE", pool_size)?,
+        };
+        config.options()?;
+        Ok(config)
+    }
+
+    /// Connection options, checked when the configuration was loaded.
+    pub fn options(&self) -> Result<PgConnectOptions, Error> {
+        self.url
+            .expose_secret()
+            .parse()
+            .map_err(|e: sqlx::Error| Error::Invalid {
+                name: "DATABASE_URL",
+                value: redacted(self.url.expose_secret()),
+                reason: e.to_string(),
+            })
+    }
+
+    /// A lazily connecting pool.
+    pub fn pool(&self) -> Result<PgPool, Error> {
+        Ok(PgPoolOptions::new()
+            .max_connections(self.pool_size)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(self.options()?))
+    }
+}
+
+/// The URL with any password masked, for error messages.
+fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_string(),
+        Err(_) => "(not a URL)".to_string(),
+    }
+}
+
+/// True when the error means "Postgres cannot be reached right now", as opposed to a bug or a
+/// constraint: the caller should answer UNAVAILABLE or retry later.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // Class 08: connection exception; 57P0x: the server is shutting down or starting;
+            // 53300: too many connections.
+            code.starts_with("08") || code.starts_with("57P0") || code == "53300"
+        }),
+        _ => false,
+    }
+}
+
+/// Whether Postgres answers a trivial query within a second.
+pub async fn ping(pool: &PgPool) -> bool {
+    let probe = sqlx::query("SELECT 1").execute(pool);
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), probe).await,
+        Ok(Ok(_))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_is_redacted_everywhere_it_is_shown() {
+        let vars = Vars::from_pairs(&[("DATABASE_URL", "postgres://rides:s3cret@db:5432/rr")]);
+        let config = PostgresConfig::from_vars(&vars, 4).unwrap();
+        assert!(!format!("{config:?}").contains("s3cret"));
+        assert_eq!(config.pool_size, 4);
+        assert_eq!(
+            redacted("postgres://rides:s3cret@db:5432/rr"),
+            "postgres://rides:***@db:5432/rr"
+        );
+        assert_eq!(redacted("postgres://db/rr"), "postgres://db/rr");
+        let bad = Vars::from_pairs(&[(
+            "DATABASE_URL",
+            "postgres://u:s3cret@db/rr?sslmode=sometimes",
+        )]);
+        let err = PostgresConfig::from_vars(&bad, 4).unwrap_err().to_string();
+        assert!(
+            err.contains("DATABASE_URL") && !err.contains("s3cret"),
+            "{err}"
+        );
+    }
+}

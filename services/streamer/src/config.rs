@@ -1,0 +1,87 @@
+//! The streamer's configuration, loaded once at start-up.
+
+use std::net::SocketAddr;
+
+use rocket_rides_log::stream::DEFAULT_STREAM;
+use rocket_rides_platform::{
+    Error,
+    config::{Common, ServiceConfig, Vars, all_interfaces},
+    postgres::PostgresConfig,
+    redis_conn::RedisConfig,
+};
+
+pub const DEFAULT_LISTEN_ADDR: SocketAddr = all_interfaces(50053);
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: Common,
+    /// `DATABASE_URL`; `DATABASE_POOL_SIZE` (default 4).
+    pub postgres: PostgresConfig,
+    /// `REDIS_URL`.
+    pub redis: RedisConfig,
+    /// `STREAM_NAME`: the Redis stream that is the log.
+    pub stream: String,
+    /// `BATCH_SIZE`: records per batch (default 1000).
+    pub batch_size: u32,
+    /// `STREAM_MAX_LEN`: past this length the stream is trimmed (default 10,000).
+    pub max_len: u32,
+    /// `DOUBLE_SEND_RATE`: share of batches sent twice, to simulate failure (default 0).
+    pub double_send_rate: f64,
+}
+
+impl Config {
+    pub fn from_vars(vars: &Vars) -> Result<Self, Error> {
+        Ok(Self {
+            common: Common::from_vars(vars, crate::NAME, DEFAULT_LISTEN_ADDR)?,
+            postgres: PostgresConfig::from_vars(vars, 4)?,
+            redis: RedisConfig::from_vars(vars)?,
+            stream: vars
+                .get("STREAM_NAME")
+                .unwrap_or(DEFAULT_STREAM)
+                .to_string(),
+            batch_size: vars.positive("BATCH_SIZE", 1000)?,
+            max_len: vars.positive("STREAM_MAX_LEN", 10_000)?,
+            double_send_rate: vars.rate("DOUBLE_SEND_RATE")?,
+        })
+    }
+}
+
+impl ServiceConfig for Config {
+    fn common(&self) -> &Common {
+        &self.common
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REQUIRED: [(&str, &str); 2] = [
+        ("DATABASE_URL", "postgres://u:p@db/rr"),
+        ("REDIS_URL", "redis://127.0.0.1:6379"),
+    ];
+
+    #[test]
+    fn defaults() {
+        let config = Config::from_vars(&Vars::from_pairs(&REQUIRED)).unwrap();
+        assert_eq!(config.stream, "rocket-rides-log");
+        assert_eq!((config.batch_size, config.max_len), (1000, 10_000));
+        assert_eq!(config.double_send_rate, 0.0);
+        assert_eq!(config.postgres.pool_size, 4);
+        assert_eq!(config.common.listen_addr, DEFAULT_LISTEN_ADDR);
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        for (name, value) in [
+            ("BATCH_SIZE", "0"),
+            ("DOUBLE_SEND_RATE", "2"),
+            ("REDIS_URL", "nope"),
+        ] {
+            let mut vars = REQUIRED.to_vec();
+            vars.push((name, value));
+            let err = Config::from_vars(&Vars::from_pairs(&vars)).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! The streamer's metrics, registered once (after the recorder is installed).
+
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+
+#[derive(Clone)]
+pub struct Metrics {
+    /// `rocket_rides_records_streamed_total`
+    pub records_streamed: Counter,
+    /// `rocket_rides_double_sends_total`: batches sent twice by the failure simulation.
+    pub double_sends: Counter,
+    /// `rocket_rides_streamer_batch_size`
+    pub batch_size: Histogram,
+    /// `rocket_rides_streamer_batch_duration_seconds`
+    pub batch_duration: Histogram,
+    /// `rocket_rides_streamer_leader`: 1 while this replica leads.
+    pub leader: Gauge,
+    /// `rocket_rides_staged_records`: the outbox's backlog.
+    pub staged: Gauge,
+    /// `rocket_rides_stream_length`
+    pub stream_length: Gauge,
+}
+
+/// One consumer's lag, as measured by the streamer.
+pub struct Lag {
+    /// `rocket_rides_consumer_lag_entries{consumer}`
+    pub entries: Gauge,
+    /// `rocket_rides_consumer_lag_seconds{consumer}`
+    pub seconds: Gauge,
+}
+
+impl Metrics {
+    pub fn register() -> Self {
+        Self {
+            records_streamed: counter!("rocket_rides_records_streamed_total"),
+            double_sends: counter!("rocket_rides_double_sends_total"),
+            batch_size: histogram!("rocket_rides_streamer_batch_size"),
+            batch_duration: histogram!("rocket_rides_streamer_batch_duration_seconds"),
+            leader: gauge!("rocket_rides_streamer_leader"),
+            staged: gauge!("rocket_rides_staged_records"),
+            stream_length: gauge!("rocket_rides_stream_length"),
+        }
+    }
+
+    pub fn lag(consumer: &str) -> Lag {
+        Lag {
+            entries: gauge!("rocket_rides_consumer_lag_entries", "consumer" => consumer.to_string()),
+            seconds: gauge!("rocket_rides_consumer_lag_seconds", "consumer" => consumer.to_string()),
+        }
+    }
+}
