@@ -7,7 +7,7 @@ use rocket_rides_tests::{Bin, System, system};
 use tonic::{Code, transport::Channel};
 
 async fn counts(sys: &System) -> (i64, i64) {
-    sqlx::query_as("SELECT (SELECT COUNT(*) FROM rides), (SELECT COUNT(*) FROM staged_log_records)")
+    sqlx::query_as("SELECT (SELECT COUNT(*) FROM rides), (SELECT COUNT(*) FROM log_records)")
         .fetch_one(&sys.db)
         .await
         .unwrap()

@@ -204,7 +204,9 @@ impl System {
     }
 
     pub async fn staged(&self) -> i64 {
-        sqlx::query_scalar("SELECT COUNT(*) FROM staged_log_records")
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM log_records WHERE seq IS NULL OR seq > (SELECT streamed_seq FROM log_head)",
+        )
             .fetch_one(&self.db)
             .await
             .unwrap()

@@ -1,12 +1,14 @@
 //! The api's configuration, loaded once at start-up.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use rocket_rides_platform::{
     Error,
     config::{Common, ServiceConfig, Vars, all_interfaces},
     postgres::PostgresConfig,
 };
+
+use crate::group::Limits;
 
 pub const DEFAULT_LISTEN_ADDR: SocketAddr = all_interfaces(50051);
 
@@ -15,6 +17,10 @@ pub struct Config {
     pub common: Common,
     /// `DATABASE_URL`; `DATABASE_POOL_SIZE` (default 16).
     pub postgres: PostgresConfig,
+    /// Group commit: `BATCH_MAX_RIDES` (default 256), `BATCH_MAX_WAIT_MS` (default 0: a lone
+    /// caller waits for no one), `MAX_PENDING_RIDES` (default 4096; past it, calls are shed
+    /// with RESOURCE_EXHAUSTED), `WRITERS` (default 4, batches in flight at once).
+    pub batch: Limits,
 }
 
 impl Config {
@@ -22,6 +28,12 @@ impl Config {
         Ok(Self {
             common: Common::from_vars(vars, crate::NAME, DEFAULT_LISTEN_ADDR)?,
             postgres: PostgresConfig::from_vars(vars, 16)?,
+            batch: Limits {
+                batch_max: vars.positive("BATCH_MAX_RIDES", 256)? as usize,
+                batch_wait: Duration::from_millis(vars.parse_or("BATCH_MAX_WAIT_MS", 0)?),
+                queue: vars.positive("MAX_PENDING_RIDES", 4096)? as usize,
+                writers: vars.positive("WRITERS", 4)? as usize,
+            },
         })
     }
 }

@@ -7,7 +7,7 @@ pub enum RideError {
     #[error("distance is required: the ride's length in metres, e.g. {{\"distance\": 12.5}}")]
     MissingDistance,
     #[error(
-        "distance must be a finite number of metres greater than 0 and at most 1000000, got {0}"
+        "distance must be a finite number of metres, at least 0.001 (1 mm) and at most 1000000 once rounded to millimetres, got {0}"
     )]
     InvalidDistance(f64),
     #[error("idempotency_key must be at most 255 characters, got {0}")]
@@ -16,20 +16,17 @@ pub enum RideError {
         "idempotency_key {key:?} was already used for a ride of {distance} m; use a new key for a different ride"
     )]
     KeyReused { key: String, distance: String },
-    #[error("the database is unavailable; retry (with the same idempotency_key to stay safe)")]
-    Unavailable(#[source] sqlx::Error),
-    #[error("internal database error")]
-    Database(#[source] sqlx::Error),
-}
-
-impl From<sqlx::Error> for RideError {
-    fn from(e: sqlx::Error) -> Self {
-        if rocket_rides_platform::postgres::is_unavailable(&e) {
-            Self::Unavailable(e)
-        } else {
-            Self::Database(e)
-        }
-    }
+    #[error(
+        "the ride could not be written (the database is unavailable or failed); nothing was \
+         written; retry (with the same idempotency_key to stay safe)"
+    )]
+    BatchFailed { unavailable: bool },
+    #[error("too many rides are waiting to be written; retry after a short back-off")]
+    Overloaded,
+    #[error("the api is shutting down; retry against another instance")]
+    ShuttingDown,
+    #[error("idempotency_key {0:?} conflicted with a ride that is gone; retry")]
+    KeyVanished(String),
 }
 
 impl From<RideError> for Status {
@@ -39,14 +36,9 @@ impl From<RideError> for Status {
             | RideError::InvalidDistance(_)
             | RideError::KeyTooLong(_) => Code::InvalidArgument,
             RideError::KeyReused { .. } => Code::FailedPrecondition,
-            RideError::Unavailable(source) => {
-                tracing::warn!(error = %source, "CreateRide: database unavailable");
-                Code::Unavailable
-            }
-            RideError::Database(source) => {
-                tracing::error!(error = %source, "CreateRide: database error");
-                Code::Internal
-            }
+            RideError::BatchFailed { .. } | RideError::ShuttingDown => Code::Unavailable,
+            RideError::Overloaded => Code::ResourceExhausted,
+            RideError::KeyVanished(_) => Code::Aborted,
         };
         Status::new(code, e.to_string())
     }

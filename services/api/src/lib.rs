@@ -2,9 +2,11 @@
 
 pub mod config;
 mod error;
+mod group;
 mod metrics;
 mod rides;
 mod validate;
+mod wake;
 
 use std::time::Duration;
 
@@ -34,7 +36,19 @@ pub async fn run(
     let mut runner = Runner::start(SERVICE, &config, cancel).await?;
     let pool = config.postgres.pool()?;
     runner.monitor(vec![Dependency::Postgres(pool.clone())], None);
-    let rides = rides::Rides::new(pool.clone(), metrics::Metrics::register());
+    let waker = wake::Waker::default();
+    runner.spawn_worker(
+        "streamer wake-ups",
+        waker.clone().run(pool.clone(), runner.cancel()),
+    );
+    let (group, writers) = group::GroupCommit::new(
+        pool.clone(),
+        config.batch,
+        metrics::Metrics::register(),
+        waker,
+    );
+    runner.spawn_worker("group commit", writers);
+    let rides = rides::Rides::new(group);
     let services = grpc::Services {
         names: &[SERVICE],
         descriptors: rocket_rides_proto::FILE_DESCRIPTOR_SET,

@@ -8,20 +8,25 @@ use crate::error::RideError;
 /// Longest idempotency key accepted, in characters.
 pub const MAX_KEY_CHARS: usize = 255;
 
-/// A distance in metres: present, finite, greater than 0 and at most `MAX_DISTANCE`.
+/// A distance in metres, rounded to whole millimetres (the stated precision, so no record
+/// carries hundreds of decimal places into every total): present, finite, and after rounding
+/// at least 1 mm and at most `MAX_DISTANCE`. Returns the rounded distance.
 pub fn distance(distance: Option<f64>) -> Result<f64, RideError> {
     let d = distance.ok_or(RideError::MissingDistance)?;
-    if d.is_finite() && d > 0.0 && d <= MAX_DISTANCE {
-        Ok(d)
+    let rounded = (d * 1000.0).round() / 1000.0;
+    if d.is_finite() && (0.001..=MAX_DISTANCE).contains(&rounded) {
+        Ok(rounded)
     } else {
         Err(RideError::InvalidDistance(d))
     }
 }
 
-/// The exact decimal that the database stores for `d`: Rust prints the shortest decimal that
-/// reads back as the same double, and never in exponent form.
+/// The exact decimal that the database stores for a rounded distance `d`: whole millimetres,
+/// without trailing zeros, never in exponent form.
 pub fn decimal(d: f64) -> String {
-    format!("{d}")
+    let mm = (d * 1000.0).round() as u64;
+    let text = format!("{}.{:03}", mm / 1000, mm % 1000);
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// An optional idempotency key: empty means none.
@@ -39,9 +44,13 @@ mod tests {
 
     #[test]
     fn accepts_only_finite_positive_distances_up_to_the_limit() {
-        for good in [f64::MIN_POSITIVE, 0.001, 12.5, MAX_DISTANCE] {
-            assert_eq!(distance(Some(good)).unwrap(), good);
+        for good in [0.001, 12.5, 0.0125, MAX_DISTANCE] {
+            assert_eq!(
+                distance(Some(good)).unwrap(),
+                (good * 1000.0).round() / 1000.0
+            );
         }
+        assert_eq!(distance(Some(1.23456)).unwrap(), 1.235);
         assert!(matches!(distance(None), Err(RideError::MissingDistance)));
         for bad in [
             0.0,
@@ -50,6 +59,9 @@ mod tests {
             f64::NAN,
             f64::INFINITY,
             f64::NEG_INFINITY,
+            f64::MIN_POSITIVE,
+            5e-324,
+            0.0004,
             MAX_DISTANCE + 0.001,
         ] {
             assert!(
@@ -64,8 +76,9 @@ mod tests {
         assert_eq!(decimal(12.5), "12.5");
         assert_eq!(decimal(1_000_000.0), "1000000");
         assert_eq!(decimal(0.1), "0.1");
-        assert_eq!(decimal(1e-7), "0.0000001");
-        for d in [0.1, 1.0 / 3.0, 987.654321, f64::MIN_POSITIVE, 5e-324] {
+        assert_eq!(decimal(0.001), "0.001");
+        for d in [0.1, 1.0 / 3.0, 987.654321, 0.0125] {
+            let d = distance(Some(d)).unwrap();
             let text = decimal(d);
             assert!(rocket_rides_log::record::is_valid_distance(&text), "{text}");
             assert_eq!(text.parse::<f64>().unwrap(), d);
@@ -84,17 +97,18 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Whatever the client sends, a distance is accepted exactly when it is in range, and
-        /// what is stored reads back as the very same double.
+        /// Whatever the client sends, a distance is accepted exactly when it rounds to a whole
+        /// number of millimetres in range, and what is stored reads back as the rounded double.
         #[test]
         fn any_double_is_accepted_only_in_range(bits in proptest::prelude::any::<u64>()) {
             let d = f64::from_bits(bits);
-            let in_range = d.is_finite() && d > 0.0 && d <= MAX_DISTANCE;
+            let mm = (d * 1000.0).round();
+            let in_range = d.is_finite() && mm >= 1.0 && mm / 1000.0 <= MAX_DISTANCE;
             proptest::prop_assert_eq!(distance(Some(d)).is_ok(), in_range);
-            if in_range {
-                let text = decimal(d);
+            if let Ok(rounded) = distance(Some(d)) {
+                let text = decimal(rounded);
                 proptest::prop_assert!(rocket_rides_log::record::is_valid_distance(&text));
-                proptest::prop_assert_eq!(text.parse::<f64>().unwrap(), d);
+                proptest::prop_assert_eq!(text.parse::<f64>().unwrap(), rounded);
             }
         }
 

@@ -34,9 +34,10 @@ const APPLY: &str = "
             + (SELECT COALESCE(SUM(d::numeric), 0) FROM unnest($3::text[]) AS d),
         ride_count = ride_count + cardinality($3::text[]),
         last_seq = $4,
-        last_stream_id = $5,
+        last_stream_id = $4 || '-0',
+        epoch = $5,
         updated_at = now()
-    WHERE stream = $1 AND name = $2 AND last_seq = $6 AND last_stream_id = $7
+    WHERE stream = $1 AND name = $2 AND last_seq = $6
     RETURNING total_distance::float8, ride_count";
 
 /// Registers the consumer (so the streamer never trims what it has not read) and loads its
@@ -63,29 +64,32 @@ pub async fn load(pool: &PgPool, stream: &str, name: &str) -> Result<Checkpoint,
     })
 }
 
-/// Applies `distances` and moves the checkpoint from `from` to (`last_seq`, `last_stream_id`)
-/// in one transaction. With probability `crash_rate` the transaction is rolled back after the
-/// update, as a crash between the work and the commit would.
-#[allow(clippy::too_many_arguments)]
+/// What one batch changes.
+pub struct Batch {
+    pub distances: Vec<String>,
+    pub last_seq: i64,
+    pub epoch: i64,
+}
+
+/// Applies `batch` and moves the checkpoint from `from` in one transaction. With probability
+/// `crash_rate` the transaction is rolled back after the update, as a crash between the work
+/// and the commit would.
 pub async fn commit(
     pool: &PgPool,
-    stream: &str,
-    name: &str,
+    (stream, name): (&str, &str),
     from: &Checkpoint,
-    distances: &[String],
-    last_seq: i64,
-    last_stream_id: StreamId,
+    batch: &Batch,
     crash_rate: f64,
 ) -> Result<Commit, sqlx::Error> {
+    let last_seq = batch.last_seq;
     let mut tx = pool.begin().await?;
     let row: Option<(f64, i64)> = sqlx::query_as(APPLY)
         .bind(stream)
         .bind(name)
-        .bind(distances)
+        .bind(&batch.distances)
         .bind(last_seq)
-        .bind(last_stream_id.to_string())
+        .bind(batch.epoch)
         .bind(from.last_seq)
-        .bind(from.last_stream_id.to_string())
         .fetch_optional(&mut *tx)
         .await?;
     let Some((total_distance, ride_count)) = row else {
@@ -101,6 +105,6 @@ pub async fn commit(
         total_distance,
         ride_count,
         last_seq,
-        last_stream_id,
+        last_stream_id: StreamId::of_seq(last_seq),
     }))
 }

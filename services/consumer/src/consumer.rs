@@ -1,13 +1,16 @@
-//! The consumer loop: read the stream from the checkpoint, plan the batch, commit totals and
-//! checkpoint together. Every failure (Redis or Postgres down, a simulated crash) resumes from
-//! the last committed checkpoint, which is what makes at-least-once delivery exact.
+//! The consumer loop: read the stream after the checkpoint, check it against the archive, plan
+//! the batch, commit totals and checkpoint together. Every failure (Redis or Postgres down, a
+//! simulated crash) resumes from the last committed checkpoint, which is what makes
+//! at-least-once delivery exact. A log that disagrees with the archive halts the consumer
+//! (NOT_SERVING, error log, gauge); it checks again every few seconds and resumes by itself
+//! once the log is repaired.
 
 use std::time::{Duration, Instant};
 
 use redis::{aio::ConnectionManager, streams::StreamReadReply};
 use rocket_rides_log::{
-    Entry, StreamId,
-    stream::{BadStreamId, dead_letter_stream},
+    Entry, LogRecord, StreamId, archive,
+    stream::{self, BadStreamId, dead_letter_stream},
 };
 use rocket_rides_platform::{
     retry::Backoff,
@@ -20,13 +23,16 @@ use tracing::Instrument;
 
 use crate::{
     Config,
-    checkpoint::{self, Checkpoint, Commit},
+    checkpoint::{self, Batch, Checkpoint, Commit},
     metrics::Metrics,
-    plan::{self, Gap, Plan},
+    plan::{self, Halt, Plan},
 };
 
 /// How long one XREAD waits for new entries.
 pub const BLOCK: Duration = Duration::from_secs(2);
+/// How often a halted consumer checks whether the log was repaired, and repeats why it halted.
+const RECHECK: Duration = Duration::from_secs(2);
+const REMIND: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 enum ConsumeError {
@@ -42,7 +48,7 @@ enum ConsumeError {
 
 enum Stop {
     Cancelled,
-    Gap(Gap),
+    Halt(Halt),
 }
 
 pub struct Consumer {
@@ -50,30 +56,47 @@ pub struct Consumer {
     pub pool: PgPool,
     /// For the blocking XREAD only.
     pub reader: ConnectionManager,
-    /// For everything else (dead letters).
+    /// For everything else (dead letters, the stream's end).
     pub redis: ConnectionManager,
     pub metrics: Metrics,
     /// The committed checkpoint, for GetTotal (None until first loaded).
     pub published: watch::Sender<Option<Checkpoint>>,
-    /// False once a gap is found: the service is then held NOT_SERVING.
+    /// False while halted: the service is then held NOT_SERVING.
     pub sound: watch::Sender<bool>,
 }
 
 impl Consumer {
     pub async fn run(self, cancel: CancellationToken) {
         let mut backoff = Backoff::default();
+        let mut halted: Option<(Halt, Instant)> = None;
         loop {
-            match self.consume(&cancel, &mut backoff).await {
+            let delay = match self.consume(&cancel, &mut backoff, &mut halted).await {
                 Ok(Stop::Cancelled) => return,
-                Ok(Stop::Gap(gap)) => return self.halt(gap, cancel).await,
+                Ok(Stop::Halt(halt)) => {
+                    let remind = halted
+                        .as_ref()
+                        .is_none_or(|(was, at)| *was != halt || at.elapsed() >= REMIND);
+                    if remind {
+                        tracing::error!(
+                            error = %halt,
+                            "stopped consuming: applying on would make the total wrong; the total \
+                             is exact up to the checkpoint. Checking again every {RECHECK:?}"
+                        );
+                        halted = Some((halt, Instant::now()));
+                    }
+                    self.sound.send_replace(false);
+                    self.metrics.gap.set(1.0);
+                    RECHECK
+                }
                 Err(e) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?delay, "consuming interrupted; resuming from the last committed checkpoint");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
+                    delay
                 }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
             }
         }
     }
@@ -82,15 +105,17 @@ impl Consumer {
         &self,
         cancel: &CancellationToken,
         backoff: &mut Backoff,
+        halted: &mut Option<(Halt, Instant)>,
     ) -> Result<Stop, ConsumeError> {
         let Config { stream, name, .. } = &self.config;
         let mut at = checkpoint::load(&self.pool, stream, name).await?;
-        tracing::info!(
-            last_seq = at.last_seq,
-            last_stream_id = %at.last_stream_id,
-            ride_count = at.ride_count,
-            "reading the log from the checkpoint"
-        );
+        if halted.is_none() {
+            tracing::info!(
+                last_seq = at.last_seq,
+                ride_count = at.ride_count,
+                "reading the log from the checkpoint"
+            );
+        }
         self.published.send_replace(Some(at.clone()));
         loop {
             let entries = tokio::select! {
@@ -98,20 +123,25 @@ impl Consumer {
                 read = self.read(at.last_stream_id) => read?,
             };
             backoff.reset();
-            if entries.is_empty() {
-                continue;
+            let plan = match self.plan(&at, &entries).await? {
+                Ok(plan) => plan,
+                Err(halt) => return Ok(Stop::Halt(halt)),
+            };
+            if plan.halt.is_none() && halted.take().is_some() {
+                tracing::info!("the log agrees with the archive again; consuming on");
+                self.sound.send_replace(true);
+                self.metrics.gap.set(0.0);
             }
-            let plan = plan::plan(&entries, at.last_seq);
             self.set_aside(&plan).await?;
-            if let Some(last_stream_id) = plan.last_stream_id {
-                match self.apply(&plan, &at, last_stream_id).await? {
+            if !plan.apply.is_empty() {
+                match self.apply(&plan, &at).await? {
                     Commit::Done(next) => {
                         at = next;
                         self.published.send_replace(Some(at.clone()));
                     }
                     Commit::SimulatedCrash => {
                         tracing::info!(
-                            records = plan.seen.len(),
+                            records = plan.apply.len(),
                             "simulated failure: crashed before commit; re-reading from the checkpoint"
                         );
                         continue;
@@ -119,62 +149,100 @@ impl Consumer {
                     Commit::Moved => return Err(ConsumeError::Moved(name.clone())),
                 }
             }
-            if let Some(gap) = plan.gap {
-                return Ok(Stop::Gap(gap));
+            if let Some(halt) = plan.halt {
+                return Ok(Stop::Halt(halt));
             }
         }
     }
 
+    /// Plans a batch from the stream's `entries` and the archive. With no entries, the stream's
+    /// end tells whether records exist that the stream no longer holds (read them from the
+    /// archive) or whether the stream lost what this consumer already applied (halt).
+    async fn plan(
+        &self,
+        at: &Checkpoint,
+        entries: &[Entry],
+    ) -> Result<Result<Plan, Halt>, ConsumeError> {
+        let upto = match entries.last() {
+            Some(last) => last.id.log_seq(),
+            None => {
+                let top = stream::last_id(&mut self.redis.clone(), &self.config.stream)
+                    .await?
+                    .log_seq();
+                if top < at.last_seq {
+                    return Ok(Err(Halt::RedisBehind {
+                        stream_top: top,
+                        checkpoint: at.last_seq,
+                    }));
+                }
+                top
+            }
+        };
+        if upto <= at.last_seq {
+            return Ok(Ok(Plan::default()));
+        }
+        let limit = i64::from(self.config.batch_size);
+        let archived = archive::range(&self.pool, at.last_seq, upto, limit)
+            .instrument(spans::postgres("SELECT log_records (archive)"))
+            .await?;
+        // A short page holds everything the archive has up to `upto`.
+        let archived_upto = if archived.len() < limit as usize {
+            upto
+        } else {
+            archived.last().map_or(at.last_seq, |r| r.seq)
+        };
+        Ok(Ok(plan::plan(
+            at.last_seq,
+            entries,
+            &archived,
+            archived_upto,
+        )))
+    }
+
     /// Commits a batch, traced: a span per record in its ride's trace, linked to a span for
     /// the batch whose child is the commit.
-    async fn apply(
-        &self,
-        plan: &Plan,
-        at: &Checkpoint,
-        last_stream_id: StreamId,
-    ) -> Result<Commit, sqlx::Error> {
+    async fn apply(&self, plan: &Plan, at: &Checkpoint) -> Result<Commit, sqlx::Error> {
         let Config { stream, name, .. } = &self.config;
         let started = Instant::now();
-        let distances = plan.distances();
-        let duplicates = plan.duplicates();
+        let last: &LogRecord = plan.apply.last().expect("a batch to apply");
         let batch = tracing::info_span!(
             "apply batch",
             otel.kind = "consumer",
             messaging.system = "redis",
             messaging.destination.name = %stream,
             consumer = %name,
-            messaging.batch.message_count = plan.seen.len(),
-            applied = distances.len(),
-            duplicates,
-            log.last_seq = plan.last_seq,
+            messaging.batch.message_count = plan.apply.len(),
+            log.epoch = last.epoch,
+            log.last_seq = last.seq,
             simulated.crash = tracing::field::Empty,
         );
         let _record_spans: Vec<tracing::Span> = plan
-            .seen
+            .apply
             .iter()
-            .map(|seen| {
+            .map(|record| {
                 let span = tracing::info_span!(
                     parent: None,
                     "apply ride",
                     otel.kind = "consumer",
                     messaging.system = "redis",
                     consumer = %name,
-                    ride.id = seen.record.ride_id,
-                    log.seq = seen.record.seq,
-                    stream.id = %seen.stream_id,
-                    duplicate.skipped = seen.duplicate,
+                    ride.id = record.ride_id,
+                    log.seq = record.seq,
+                    stream.id = %record.stream_id(),
                 );
-                propagation::join(span, &seen.record.trace, &batch)
+                propagation::join(span, &record.trace, &batch)
             })
             .collect();
+        let work = Batch {
+            distances: plan.distances(),
+            last_seq: last.seq,
+            epoch: last.epoch,
+        };
         let commit = checkpoint::commit(
             &self.pool,
-            stream,
-            name,
+            (stream, name),
             at,
-            &distances,
-            plan.last_seq,
-            last_stream_id,
+            &work,
             self.config.crash_rate,
         )
         .instrument(batch.in_scope(|| spans::postgres("UPDATE consumers, COMMIT")))
@@ -185,19 +253,12 @@ impl Consumer {
         if crashed {
             metrics.simulated_crashes.increment(1);
         } else if let Commit::Done(next) = &commit {
-            metrics.applied.increment(distances.len() as u64);
-            metrics.duplicates.increment(duplicates as u64);
-            metrics.batch_size.record(plan.seen.len() as f64);
+            metrics.applied.increment(plan.apply.len() as u64);
+            metrics.batch_size.record(plan.apply.len() as f64);
             metrics
                 .batch_duration
                 .record(started.elapsed().as_secs_f64());
-            tracing::debug!(
-                parent: &batch,
-                applied = distances.len(),
-                duplicates,
-                last_seq = next.last_seq,
-                "batch committed"
-            );
+            tracing::debug!(parent: &batch, applied = plan.apply.len(), last_seq = next.last_seq, "batch committed");
         }
         Ok(commit)
     }
@@ -216,8 +277,8 @@ impl Consumer {
         Ok(Entry::from_read(reply)?)
     }
 
-    /// Copies entries that are not valid records to the dead-letter stream before the
-    /// checkpoint passes them, so none is silently dropped.
+    /// Copies entries that are not valid records to the dead-letter stream, so none is
+    /// silently passed over (their archived records are applied instead).
     async fn set_aside(&self, plan: &Plan) -> Result<(), redis::RedisError> {
         if plan.malformed.is_empty() {
             return Ok(());
@@ -225,7 +286,7 @@ impl Consumer {
         let dead_letters = dead_letter_stream(&self.config.stream);
         let mut pipe = redis::pipe();
         for (id, error) in &plan.malformed {
-            tracing::error!(stream_id = %id, %error, dead_letters = %dead_letters, "malformed entry set aside");
+            tracing::error!(stream_id = %id, %error, dead_letters = %dead_letters, "malformed entry set aside; its archived record is applied");
             self.metrics.dead_letters.increment(1);
             pipe.cmd("XADD")
                 .arg(&dead_letters)
@@ -241,30 +302,5 @@ impl Consumer {
                 .ignore();
         }
         pipe.query_async::<()>(&mut self.redis.clone()).await
-    }
-
-    /// A gap means records were lost from the stream (trimmed or lost by Redis) before this
-    /// consumer read them. Applying what follows would make the total silently wrong, so the
-    /// consumer stops, reports NOT_SERVING and says so until it is shut down.
-    async fn halt(self, gap: Gap, cancel: CancellationToken) {
-        self.sound.send_replace(false);
-        self.metrics.gap.set(1.0);
-        loop {
-            tracing::error!(
-                expected_seq = gap.expected_seq,
-                found_seq = gap.found_seq,
-                stream_id = %gap.stream_id,
-                "gap in the log: records {}..{} are missing from the stream; stopped consuming. \
-                 The total is exact up to seq {}; rebuild this consumer (delete its row in \
-                 `consumers` to start over from a complete stream) or restore the stream",
-                gap.expected_seq,
-                gap.found_seq - 1,
-                gap.expected_seq - 1,
-            );
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-            }
-        }
     }
 }

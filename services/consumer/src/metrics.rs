@@ -6,13 +6,12 @@ use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 pub struct Metrics {
     /// `rocket_rides_records_applied_total{consumer}`
     pub applied: Counter,
-    /// `rocket_rides_duplicates_skipped_total{consumer}`: re-sends skipped.
-    pub duplicates: Counter,
     /// `rocket_rides_simulated_crashes_total{consumer}`
     pub simulated_crashes: Counter,
     /// `rocket_rides_dead_letters_total{consumer}`: entries set aside.
     pub dead_letters: Counter,
-    /// `rocket_rides_consumer_gap{consumer}`: 1 while stopped on a gap.
+    /// `rocket_rides_consumer_gap{consumer}`: 1 while halted (a gap, or a log that disagrees
+    /// with the archive).
     pub gap: Gauge,
     /// `rocket_rides_consumer_batch_size{consumer}`
     pub batch_size: Histogram,
@@ -25,7 +24,6 @@ impl Metrics {
         let label = || [("consumer", consumer.to_string())];
         Self {
             applied: counter!("rocket_rides_records_applied_total", &label()),
-            duplicates: counter!("rocket_rides_duplicates_skipped_total", &label()),
             simulated_crashes: counter!("rocket_rides_simulated_crashes_total", &label()),
             dead_letters: counter!("rocket_rides_dead_letters_total", &label()),
             gap: gauge!("rocket_rides_consumer_gap", &label()),

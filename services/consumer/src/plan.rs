@@ -1,66 +1,120 @@
-//! Deciding what a batch of stream entries does to a consumer, before touching the database.
-//! Pure, so the exactly-once rules are tested here without Redis or Postgres.
+//! Deciding what a batch does to a consumer, before touching the database. Pure, so the rules
+//! are tested here without Redis or Postgres.
+//!
+//! The archive in Postgres decides what the log holds; the stream is how records arrive fast.
+//! A consumer applies the records after its checkpoint, in order, only where the stream's entry
+//! is the archived record (same log, epoch, seq, ride and distance). Records the stream no
+//! longer holds (trimmed, or a consumer added late) come from the archive. An entry that
+//! differs from the archive, or a record neither has, stops the consumer: applying or skipping
+//! on seq alone could make its total silently wrong.
 
 use rocket_rides_log::{Entry, LogRecord, RecordError, StreamId};
 
-/// A valid record read from the stream.
-#[derive(Debug, PartialEq)]
-pub struct Seen {
-    pub stream_id: StreamId,
-    pub record: LogRecord,
-    /// Already applied (a double send or a re-send): skipped.
-    pub duplicate: bool,
-}
-
-/// What a batch does, given the sequence number last applied.
+/// What a batch does, given the seq last applied.
 #[derive(Debug, Default, PartialEq)]
 pub struct Plan {
-    /// Valid records up to the gap (if any), in stream order.
-    pub seen: Vec<Seen>,
-    /// Entries that are not valid records: set aside, never applied.
+    /// Records to apply, in order: `last_seq + 1`, `+ 2`, ...
+    pub apply: Vec<LogRecord>,
+    /// Entries that are not valid records: set aside; their archived record is applied.
     pub malformed: Vec<(StreamId, RecordError)>,
-    /// The checkpoint after the batch: last sequence applied and last entry read.
-    pub last_seq: i64,
-    pub last_stream_id: Option<StreamId>,
-    /// A record that is not the next one: everything between was lost.
-    pub gap: Option<Gap>,
+    /// Why the consumer must stop after applying `apply`, if it must.
+    pub halt: Option<Halt>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Gap {
-    pub expected_seq: i64,
-    pub found_seq: i64,
-    pub stream_id: StreamId,
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Halt {
+    #[error(
+        "record {expected} is in neither the stream nor the archive (pruned after LOG_RETENTION?)"
+    )]
+    Gap { expected: i64 },
+    #[error("stream entry {seq} is not the archived record: {reason}")]
+    Diverged { seq: i64, reason: String },
+    #[error(
+        "the stream ends at seq {stream_top}, before this consumer's checkpoint {checkpoint}: \
+         Redis lost entries; run `rocket-rides-streamer republish`"
+    )]
+    RedisBehind { stream_top: i64, checkpoint: i64 },
 }
 
-/// Applies `seq == last + 1`, skips `seq <= last`, and stops before the first `seq > last + 1`.
-pub fn plan(entries: &[Entry], last_seq: i64) -> Plan {
-    let mut plan = Plan {
-        last_seq,
-        ..Plan::default()
+/// Plans the records after `last_seq` from the stream's `entries` (in stream order, all after
+/// the checkpoint) and the `archived` records from `last_seq + 1` on, which are every record
+/// the archive holds up to `archived_upto`.
+pub fn plan(last_seq: i64, entries: &[Entry], archived: &[LogRecord], archived_upto: i64) -> Plan {
+    let mut plan = Plan::default();
+    let mut archived = archived.iter().peekable();
+    let mut next = last_seq + 1;
+    // The archive's record for `next`; None when the page read ends before it.
+    let mut take = |next: i64| match archived.next_if(|r| r.seq == next) {
+        Some(record) => Ok(Some(record.clone())),
+        None if next > archived_upto => Ok(None),
+        None => Err(()),
     };
     for entry in entries {
-        match &entry.record {
-            Err(e) => plan.malformed.push((entry.id, e.clone())),
-            Ok(record) if record.seq <= plan.last_seq + 1 => {
-                let duplicate = record.seq <= plan.last_seq;
-                plan.last_seq = plan.last_seq.max(record.seq);
-                plan.seen.push(Seen {
-                    stream_id: entry.id,
-                    record: record.clone(),
-                    duplicate,
-                });
+        let seq = entry.id.log_seq();
+        if seq < next {
+            plan.halt = Some(Halt::Diverged {
+                seq,
+                reason: format!("it is at or before the checkpoint {}", next - 1),
+            });
+            return plan;
+        }
+        // Entries the stream no longer holds: from the archive.
+        while next < seq {
+            match take(next) {
+                Ok(Some(record)) => plan.apply.push(record),
+                Ok(None) => return plan,
+                Err(()) => {
+                    plan.halt = Some(Halt::Gap { expected: next });
+                    return plan;
+                }
             }
+            next += 1;
+        }
+        let kept = match take(next) {
+            Ok(Some(kept)) => kept,
+            // The page read ends here: what was checked is applied; the next read goes on.
+            Ok(None) => return plan,
+            Err(()) => {
+                plan.halt = Some(Halt::Diverged {
+                    seq,
+                    reason: "the archive has no such record (was Postgres restored?)".into(),
+                });
+                return plan;
+            }
+        };
+        match &entry.record {
+            Err(e) => {
+                plan.malformed.push((entry.id, e.clone()));
+                plan.apply.push(kept);
+            }
+            Ok(record) if record.same_as(&kept) => plan.apply.push(LogRecord {
+                trace: record.trace.clone(),
+                ..kept
+            }),
             Ok(record) => {
-                plan.gap = Some(Gap {
-                    expected_seq: plan.last_seq + 1,
-                    found_seq: record.seq,
-                    stream_id: entry.id,
+                plan.halt = Some(Halt::Diverged {
+                    seq,
+                    reason: format!(
+                        "the stream has ride {} ({} m, epoch {}, log {}), the archive ride {} ({} m, epoch {}, log {})",
+                        record.ride_id,
+                        record.distance,
+                        record.epoch,
+                        record.log,
+                        kept.ride_id,
+                        kept.distance,
+                        kept.epoch,
+                        kept.log,
+                    ),
                 });
                 return plan;
             }
         }
-        plan.last_stream_id = Some(entry.id);
+        next += 1;
+    }
+    // Nothing more in the stream: whatever else the archive holds is applied from there.
+    while let Ok(Some(record)) = take(next) {
+        plan.apply.push(record);
+        next += 1;
     }
     plan
 }
@@ -68,16 +122,7 @@ pub fn plan(entries: &[Entry], last_seq: i64) -> Plan {
 impl Plan {
     /// Distances (exact decimals) of the records to apply, in order.
     pub fn distances(&self) -> Vec<String> {
-        self.seen
-            .iter()
-            .filter(|s| !s.duplicate)
-            .map(|s| s.record.distance.clone())
-            .collect()
-    }
-
-    /// How many records were skipped as already applied.
-    pub fn duplicates(&self) -> usize {
-        self.seen.iter().filter(|s| s.duplicate).count()
+        self.apply.iter().map(|r| r.distance.clone()).collect()
     }
 }
 
@@ -87,141 +132,140 @@ mod tests {
 
     use super::*;
 
-    fn id(text: &str) -> StreamId {
-        text.parse().unwrap()
+    fn record(seq: i64) -> LogRecord {
+        LogRecord {
+            log: "log-a".into(),
+            epoch: 1,
+            seq,
+            ride_id: 100 + seq,
+            distance: format!("{seq}.5"),
+            trace: TraceContext::default(),
+        }
     }
 
-    fn entry(at: &str, seq: i64, distance: &str) -> Entry {
+    fn entry(record: LogRecord) -> Entry {
         Entry {
-            id: id(at),
-            record: Ok(LogRecord {
-                seq,
-                ride_id: seq,
-                distance: distance.into(),
-                trace: TraceContext::default(),
-            }),
+            id: record.stream_id(),
+            record: Ok(record),
+        }
+    }
+
+    /// The checkpoint after the batch, given the one before.
+    fn last_seq(plan: &Plan, before: i64) -> i64 {
+        plan.apply.last().map_or(before, |r| r.seq)
+    }
+
+    fn seqs(plan: &Plan) -> Vec<i64> {
+        plan.apply.iter().map(|r| r.seq).collect()
+    }
+
+    #[test]
+    fn applies_stream_entries_that_match_the_archive() {
+        let archive: Vec<_> = (4..=6).map(record).collect();
+        let entries: Vec<_> = (4..=6).map(|s| entry(record(s))).collect();
+        let p = plan(3, &entries, &archive, 6);
+        assert_eq!(seqs(&p), [4, 5, 6]);
+        assert_eq!(p.halt, None);
+        assert_eq!(last_seq(&p, 3), 6);
+    }
+
+    #[test]
+    fn catches_up_from_the_archive_where_the_stream_was_trimmed() {
+        let archive: Vec<_> = (1..=6).map(record).collect();
+        let entries: Vec<_> = (5..=6).map(|s| entry(record(s))).collect();
+        assert_eq!(seqs(&plan(0, &entries, &archive, 6)), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(seqs(&plan(0, &[], &archive, 6)), [1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn an_entry_that_differs_from_the_archive_stops_the_consumer() {
+        let archive: Vec<_> = (1..=3).map(record).collect();
+        for change in [
+            |r: &mut LogRecord| r.epoch = 2,
+            |r: &mut LogRecord| r.log = "log-b".into(),
+            |r: &mut LogRecord| r.ride_id = 7,
+            |r: &mut LogRecord| r.distance = "2.25".into(),
+        ] {
+            let mut other = record(2);
+            change(&mut other);
+            let entries = [entry(record(1)), entry(other), entry(record(3))];
+            let p = plan(0, &entries, &archive, 3);
+            assert_eq!(seqs(&p), [1], "only what agrees is applied");
+            assert!(
+                matches!(p.halt, Some(Halt::Diverged { seq: 2, .. })),
+                "{:?}",
+                p.halt
+            );
         }
     }
 
     #[test]
-    fn applies_in_order_and_skips_double_sends() {
-        let batch = [
-            entry("1-0", 1, "1.5"),
-            entry("1-1", 2, "2"),
-            entry("1-2", 1, "1.5"),
-            entry("1-3", 2, "2"),
-            entry("1-4", 3, "3"),
-        ];
-        let p = plan(&batch, 0);
-        assert_eq!(p.distances(), ["1.5", "2", "3"]);
-        assert_eq!(p.duplicates(), 2);
-        assert_eq!(p.last_seq, 3);
-        assert_eq!(p.last_stream_id, Some(id("1-4")));
-        assert_eq!(p.gap, None);
+    fn a_record_in_neither_place_is_a_gap() {
+        let archive: Vec<_> = [1, 2, 4].into_iter().map(record).collect();
+        let entries = [entry(record(4))];
+        let p = plan(0, &entries, &archive, 4);
+        assert_eq!(seqs(&p), [1, 2]);
+        assert_eq!(p.halt, Some(Halt::Gap { expected: 3 }));
     }
 
     #[test]
-    fn a_resend_after_a_crash_is_all_duplicates() {
-        let batch = [entry("5-0", 4, "1"), entry("5-1", 5, "1")];
-        let p = plan(&batch, 5);
-        assert!(p.distances().is_empty());
-        assert_eq!(p.duplicates(), 2);
-        assert_eq!(p.last_seq, 5);
-        assert_eq!(p.last_stream_id, Some(id("5-1")));
-    }
-
-    #[test]
-    fn stops_before_a_gap_and_keeps_what_came_before() {
-        let batch = [
-            entry("1-0", 8, "1"),
-            entry("1-1", 10, "1"),
-            entry("1-2", 9, "1"),
-        ];
-        let p = plan(&batch, 7);
-        assert_eq!(p.distances(), ["1"]);
-        assert_eq!(p.last_seq, 8);
-        assert_eq!(p.last_stream_id, Some(id("1-0")));
-        assert_eq!(
-            p.gap,
-            Some(Gap {
-                expected_seq: 9,
-                found_seq: 10,
-                stream_id: id("1-1")
-            })
+    fn an_entry_the_archive_lacks_stops_the_consumer() {
+        // Postgres went back in time: the stream holds records it no longer has.
+        let archive: Vec<_> = (1..=2).map(record).collect();
+        let entries: Vec<_> = (1..=4).map(|s| entry(record(s))).collect();
+        let p = plan(0, &entries, &archive, 10);
+        assert_eq!(seqs(&p), [1, 2]);
+        assert!(
+            matches!(p.halt, Some(Halt::Diverged { seq: 3, .. })),
+            "{:?}",
+            p.halt
         );
     }
 
     #[test]
-    fn malformed_entries_are_set_aside_and_passed() {
+    fn a_malformed_entry_is_set_aside_and_its_archived_record_applied() {
+        let archive: Vec<_> = (1..=3).map(record).collect();
         let bad = Entry {
-            id: id("1-1"),
-            record: Err(RecordError::Missing("seq")),
+            id: StreamId::of_seq(2),
+            record: Err(RecordError::Missing("distance")),
         };
-        let batch = [entry("1-0", 1, "1"), bad, entry("1-2", 2, "2")];
-        let p = plan(&batch, 0);
-        assert_eq!(p.distances(), ["1", "2"]);
+        let p = plan(0, &[entry(record(1)), bad, entry(record(3))], &archive, 3);
+        assert_eq!(seqs(&p), [1, 2, 3]);
         assert_eq!(p.malformed.len(), 1);
-        assert_eq!(p.malformed[0].0, id("1-1"));
-        assert_eq!(p.last_stream_id, Some(id("1-2")));
+        assert_eq!(p.halt, None);
     }
 
-    /// Builds the stream the streamer could have written for records 1..=n: each in order,
-    /// with re-sends of the `k` records up to position `p` wherever `resends` says.
-    fn stream(n: i64, resends: &[(i64, i64)]) -> Vec<i64> {
-        let mut seqs = Vec::new();
-        for seq in 1..=n {
-            seqs.push(seq);
-            for (p, k) in resends {
-                if p % n + 1 == seq {
-                    seqs.extend((seq - k + 1).max(1)..=seq);
-                }
-            }
-        }
-        seqs
+    #[test]
+    fn stops_where_the_archive_page_ends() {
+        let archive: Vec<_> = (1..=2).map(record).collect();
+        let entries: Vec<_> = (1..=4).map(|s| entry(record(s))).collect();
+        let p = plan(0, &entries, &archive, 2);
+        assert_eq!((seqs(&p), p.halt), (vec![1, 2], None));
     }
 
     proptest::proptest! {
-        /// However re-sends interleave and however the reads are cut into batches, every
-        /// record is applied exactly once, in order.
+        /// Whatever the stream still holds of the log and however reads are cut, every record
+        /// is applied once, in order, and only archived records are applied.
         #[test]
-        fn each_record_applies_once_whatever_the_resends_and_batching(
-            n in 1i64..80,
-            resends in proptest::collection::vec((0i64..80, 1i64..12), 0..12),
-            cuts in proptest::collection::vec(1usize..25, 1..40),
+        fn each_record_applies_once_in_order(
+            n in 1i64..60,
+            trimmed in 0i64..60,
+            cuts in proptest::collection::vec(1usize..20, 1..30),
         ) {
-            let seqs = stream(n, &resends);
-            let entries: Vec<Entry> = seqs
-                .iter()
-                .enumerate()
-                .map(|(i, seq)| entry(&format!("1-{i}"), *seq, "1"))
-                .collect();
-            let (mut last, mut applied, mut pos) = (0, Vec::new(), 0);
-            for cut in cuts.iter().cycle() {
-                if pos >= entries.len() {
-                    break;
-                }
-                let batch = &entries[pos..(pos + cut).min(entries.len())];
-                let p = plan(batch, last);
-                proptest::prop_assert_eq!(&p.gap, &None);
-                applied.extend(p.seen.iter().filter(|s| !s.duplicate).map(|s| s.record.seq));
-                last = p.last_seq;
-                pos += batch.len();
+            let archive: Vec<_> = (1..=n).map(record).collect();
+            let in_stream: Vec<_> = (trimmed.min(n) + 1..=n).map(|s| entry(record(s))).collect();
+            let (mut last, mut applied) = (0, Vec::new());
+            for cut in cuts.iter().cycle().take(200) {
+                if last == n { break; }
+                let entries: Vec<_> = in_stream.iter().filter(|e| e.id.log_seq() > last).take(*cut).cloned().collect();
+                let page: Vec<_> = archive.iter().filter(|r| r.seq > last).take(*cut).cloned().collect();
+                let upto = if page.len() < *cut { n } else { page.last().unwrap().seq };
+                let p = plan(last, &entries, &page, upto);
+                proptest::prop_assert_eq!(&p.halt, &None);
+                applied.extend(seqs(&p));
+                last = last_seq(&p, last);
             }
             proptest::prop_assert_eq!(applied, (1..=n).collect::<Vec<_>>());
-        }
-
-        /// A record missing from the stream altogether is always reported, never skipped.
-        #[test]
-        fn a_lost_record_is_always_a_gap(n in 2i64..80, lost in 1i64..80) {
-            let lost = lost % (n - 1) + 1;
-            let entries: Vec<Entry> = (1..=n)
-                .filter(|seq| *seq != lost)
-                .map(|seq| entry(&format!("1-{seq}"), seq, "1"))
-                .collect();
-            let p = plan(&entries, 0);
-            let gap = p.gap.expect("gap reported");
-            proptest::prop_assert_eq!(gap.expected_seq, lost);
-            proptest::prop_assert_eq!(p.last_seq, lost - 1);
         }
     }
 }

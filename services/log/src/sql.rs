@@ -1,19 +1,39 @@
 //! Statements shared by the services and the benchmark, so both run exactly the same SQL.
 
-/// Inserts a ride (unless its idempotency key is taken) and stages its log record, in one
-/// statement and hence one transaction. Binds: distance (exact decimal text), idempotency key,
-/// traceparent, tracestate. Returns the new ride's id, or no row when the key was taken.
-pub const INSERT_RIDE: &str = "
-    WITH ride AS (
-        INSERT INTO rides (distance, idempotency_key) VALUES ($1::numeric, $2)
+/// Inserts rides (except those whose idempotency key is taken) and stages their log records,
+/// in one statement and hence one transaction: the api's group commit. Binds four arrays of
+/// equal length: distances (exact decimal text), idempotency keys (NULL for none, distinct),
+/// traceparents, tracestates. Returns, per input in order, the new ride's id, or NULL where the
+/// key was taken. Ids are drawn up front so each record joins its own ride.
+pub const INSERT_RIDES: &str = "
+    WITH input AS (
+        SELECT nextval('rides_id_seq') AS id, t.*
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+            WITH ORDINALITY AS t(distance, idempotency_key, traceparent, tracestate, n)
+    ), ride AS (
+        INSERT INTO rides (id, distance, idempotency_key)
+        SELECT id, distance::numeric, idempotency_key FROM input ORDER BY n
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING id, distance
+    ), staged AS (
+        INSERT INTO log_records (ride_id, distance, traceparent, tracestate)
+        SELECT ride.id, ride.distance, input.traceparent, input.tracestate
+        FROM ride JOIN input USING (id)
     )
-    INSERT INTO staged_log_records (ride_id, distance, traceparent, tracestate)
-    SELECT id, distance, $3, $4 FROM ride
-    RETURNING ride_id";
+    SELECT ride.id FROM input LEFT JOIN ride USING (id) ORDER BY input.n";
 
-/// The ride an idempotency key already names, whether it has the requested distance, and the
-/// distance it has. Binds: key, distance.
-pub const FIND_BY_KEY: &str =
-    "SELECT id, distance = $2::numeric, distance::text FROM rides WHERE idempotency_key = $1";
+/// The original's write, for the benchmark's reference: one ride and its staged record in a
+/// plain transaction (`BEGIN; INSERT; INSERT; COMMIT`), no project machinery.
+pub const ORIGINAL_RIDE_TRANSACTION: [&str; 2] = [
+    "INSERT INTO rides (distance) VALUES ($1::numeric) RETURNING id",
+    "INSERT INTO log_records (ride_id, distance) VALUES ($1, $2::numeric)",
+];
+
+/// The rides the given idempotency keys already name: key, id, distance.
+pub const FIND_BY_KEYS: &str =
+    "SELECT idempotency_key, id, distance::text FROM rides WHERE idempotency_key = ANY($1)";
+
+/// The channel on which the api tells the streamer that records were committed. Sent after the
+/// commit, never inside the ride's transaction: a pending NOTIFY takes Postgres' global
+/// notification lock at commit, which would serialize every ride.
+pub const WAKE_CHANNEL: &str = "log_records";

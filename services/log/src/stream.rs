@@ -3,7 +3,10 @@
 
 use std::{fmt, str::FromStr};
 
-use redis::streams::{StreamId as RawEntry, StreamRangeReply, StreamReadReply};
+use redis::{
+    aio::ConnectionLike,
+    streams::{StreamId as RawEntry, StreamRangeReply, StreamReadReply},
+};
 
 use crate::record::{LogRecord, RecordError};
 
@@ -19,6 +22,19 @@ pub struct StreamId {
 impl StreamId {
     /// Before every entry: where a new consumer starts reading.
     pub const ZERO: StreamId = StreamId { ms: 0, seq: 0 };
+
+    /// The id of the log record numbered `seq`.
+    pub fn of_seq(seq: i64) -> Self {
+        Self {
+            ms: seq.max(0) as u64,
+            seq: 0,
+        }
+    }
+
+    /// The log position this id stands for (entries are `<seq>-0`).
+    pub fn log_seq(self) -> i64 {
+        i64::try_from(self.ms).unwrap_or(i64::MAX)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,6 +101,71 @@ impl Entry {
     pub fn from_range(reply: &StreamRangeReply) -> Result<Vec<Self>, BadStreamId> {
         reply.ids.iter().map(Self::parse).collect()
     }
+}
+
+/// The newest id the stream has ever held (its `last-generated-id`, which trimming and XDEL
+/// leave in place), or ZERO when the stream does not exist (e.g. Redis lost its data).
+pub async fn last_id(
+    redis: &mut impl ConnectionLike,
+    stream: &str,
+) -> Result<StreamId, redis::RedisError> {
+    let info: redis::RedisResult<redis::streams::StreamInfoStreamReply> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(stream)
+        .query_async(redis)
+        .await;
+    match info {
+        Ok(info) => info.last_generated_id.parse().map_err(|e: BadStreamId| {
+            (redis::ErrorKind::Parse, "XINFO STREAM", e.to_string()).into()
+        }),
+        Err(e) if e.to_string().contains("no such key") => Ok(StreamId::ZERO),
+        Err(e) => Err(e),
+    }
+}
+
+/// The stream's entries from `first` to `last` seq, inclusive.
+pub async fn read_range(
+    redis: &mut impl ConnectionLike,
+    stream: &str,
+    first: i64,
+    last: i64,
+) -> Result<Vec<Entry>, redis::RedisError> {
+    let reply: StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg(StreamId::of_seq(first))
+        .arg(StreamId::of_seq(last))
+        .query_async(redis)
+        .await?;
+    Entry::from_range(&reply).map_err(|e| (redis::ErrorKind::Parse, "XRANGE", e.to_string()).into())
+}
+
+/// The seq of the stream's oldest entry, if it has any.
+pub async fn read_first(
+    redis: &mut impl ConnectionLike,
+    stream: &str,
+) -> Result<Option<i64>, redis::RedisError> {
+    let reply: StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(redis)
+        .await?;
+    Ok(reply
+        .ids
+        .first()
+        .and_then(|e| e.id.parse::<StreamId>().ok())
+        .map(StreamId::log_seq))
+}
+
+/// Queues the XADD that writes `record` at its own id.
+pub fn add(pipe: &mut redis::Pipeline, stream: &str, record: &LogRecord) {
+    pipe.cmd("XADD")
+        .arg(stream)
+        .arg(record.stream_id())
+        .arg(record.fields())
+        .ignore();
 }
 
 #[cfg(test)]

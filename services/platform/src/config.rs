@@ -2,7 +2,7 @@
 //! (the environment, or a fixed set in tests); nothing else reads the environment. Every error
 //! names the variable, what was wrong and what is expected.
 
-use std::{collections::HashMap, fmt::Display, net::SocketAddr, str::FromStr};
+use std::{collections::HashMap, fmt::Display, net::SocketAddr, str::FromStr, time::Duration};
 
 use crate::{Error, telemetry};
 
@@ -87,6 +87,32 @@ impl Vars {
         }
     }
 
+    /// A duration such as `30s`, `10m`, `24h` or `7d` (a bare number is seconds).
+    pub fn duration(&self, name: &'static str, default: Duration) -> Result<Duration, Error> {
+        let Some(value) = self.get(name) else {
+            return Ok(default);
+        };
+        let value = value.trim();
+        let split = value
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(value.len());
+        let unit = match &value[split..] {
+            "" | "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => 0,
+        };
+        match value[..split].parse::<u64>() {
+            Ok(n) if unit > 0 && n > 0 => Ok(Duration::from_secs(n * unit)),
+            _ => Err(Error::invalid(
+                name,
+                value,
+                "expected a duration such as 30s, 10m, 24h or 7d",
+            )),
+        }
+    }
+
     /// `true`/`false` (also `1`/`0`, `yes`/`no`).
     pub fn flag(&self, name: &'static str, default: bool) -> Result<bool, Error> {
         match self.get(name).map(str::to_ascii_lowercase).as_deref() {
@@ -153,6 +179,35 @@ mod tests {
         assert_eq!(vars.positive("unset", 5).unwrap(), 5);
         let missing = vars.required("DATABASE_URL", "set it").unwrap_err();
         assert_eq!(missing.to_string(), "DATABASE_URL is required: set it");
+    }
+
+    #[test]
+    fn durations() {
+        let vars = Vars::from_pairs(&[
+            ("A", "30s"),
+            ("B", "7d"),
+            ("C", "90"),
+            ("D", "1w"),
+            ("E", "0s"),
+        ]);
+        assert_eq!(
+            vars.duration("A", Duration::ZERO).unwrap(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            vars.duration("B", Duration::ZERO).unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(
+            vars.duration("C", Duration::ZERO).unwrap(),
+            Duration::from_secs(90)
+        );
+        assert!(vars.duration("D", Duration::ZERO).is_err());
+        assert!(vars.duration("E", Duration::ZERO).is_err());
+        assert_eq!(
+            vars.duration("unset", Duration::from_secs(5)).unwrap(),
+            Duration::from_secs(5)
+        );
     }
 
     #[test]

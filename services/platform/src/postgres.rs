@@ -14,6 +14,16 @@ use crate::{Error, config::Vars};
 /// How long a request waits for a connection before it is answered UNAVAILABLE.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Idle in a transaction for 10 s ends the session; a peer that stops answering TCP is dropped
+/// within about 10 s.
+const SESSION_TIMEOUTS: [(&str, &str); 5] = [
+    ("idle_in_transaction_session_timeout", "10s"),
+    ("tcp_keepalives_idle", "5"),
+    ("tcp_keepalives_interval", "2"),
+    ("tcp_keepalives_count", "3"),
+    ("tcp_user_timeout", "10000"),
+];
+
 /// `DATABASE_URL` and `DATABASE_POOL_SIZE`. The URL is a secret: it prints as `[REDACTED]`.
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {
@@ -36,16 +46,20 @@ impl PostgresConfig {
         Ok(config)
     }
 
-    /// Connection options, checked when the configuration was loaded.
+    /// Connection options, checked when the configuration was loaded. Every session gets
+    /// server-side timeouts, so a client that hangs or vanishes mid-transaction (a frozen
+    /// process, a lost network) cannot hold locks for longer than a few seconds.
     pub fn options(&self) -> Result<PgConnectOptions, Error> {
-        self.url
-            .expose_secret()
-            .parse()
-            .map_err(|e: sqlx::Error| Error::Invalid {
-                name: "DATABASE_URL",
-                value: redacted(self.url.expose_secret()),
-                reason: e.to_string(),
-            })
+        let options: PgConnectOptions =
+            self.url
+                .expose_secret()
+                .parse()
+                .map_err(|e: sqlx::Error| Error::Invalid {
+                    name: "DATABASE_URL",
+                    value: redacted(self.url.expose_secret()),
+                    reason: e.to_string(),
+                })?;
+        Ok(options.options(SESSION_TIMEOUTS))
     }
 
     /// A lazily connecting pool.

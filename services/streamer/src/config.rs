@@ -1,6 +1,6 @@
 //! The streamer's configuration, loaded once at start-up.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use rocket_rides_log::stream::DEFAULT_STREAM;
 use rocket_rides_platform::{
@@ -25,8 +25,12 @@ pub struct Config {
     pub batch_size: u32,
     /// `STREAM_MAX_LEN`: past this length the stream is trimmed (default 10,000).
     pub max_len: u32,
-    /// `DOUBLE_SEND_RATE`: share of batches sent twice, to simulate failure (default 0).
+    /// `DOUBLE_SEND_RATE`: share of batches whose sending is "forgotten", as a crash right after
+    /// the XADD would, so they are checked and adopted again (default 0).
     pub double_send_rate: f64,
+    /// `CONSUMER_EXPIRY`: a consumer silent for this long stops holding the stream back
+    /// (default 24h); it catches up from the archive when it returns.
+    pub consumer_expiry: Duration,
 }
 
 impl Config {
@@ -42,6 +46,7 @@ impl Config {
             batch_size: vars.positive("BATCH_SIZE", 1000)?,
             max_len: vars.positive("STREAM_MAX_LEN", 10_000)?,
             double_send_rate: vars.rate("DOUBLE_SEND_RATE")?,
+            consumer_expiry: vars.duration("CONSUMER_EXPIRY", Duration::from_secs(86_400))?,
         })
     }
 }

@@ -1,11 +1,11 @@
 //! Gauges measured once a second from the outside of the pipeline, so they keep moving when a
-//! consumer is down: the staged backlog, the stream's length, and each registered consumer's
-//! lag, in log entries and in seconds (how much older its checkpoint is than the newest entry).
+//! consumer is down: the staged backlog and its oldest record's age, the stream's length, and
+//! each registered consumer's lag, in records and in seconds (how long ago the record after its
+//! checkpoint was numbered), and whether it has expired.
 
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use rocket_rides_log::StreamId;
 use rocket_rides_platform::shutdown::CancellationToken;
 use sqlx::PgPool;
 
@@ -13,20 +13,30 @@ use crate::{metrics::Metrics, streamer::StreamError};
 
 const EVERY: Duration = Duration::from_secs(1);
 
+const STAGED: &str = "
+    SELECT count(*), COALESCE(EXTRACT(epoch FROM now() - min(created_at)), 0)::float8
+    FROM log_records WHERE seq IS NULL";
+
 const CONSUMERS: &str = "
-    SELECT c.name, COALESCE(s.last_seq, 0) - c.last_seq, c.last_stream_id
-    FROM consumers c LEFT JOIN log_sequences s USING (stream)
+    SELECT c.name,
+           GREATEST(h.last_seq - c.last_seq, 0),
+           COALESCE((SELECT EXTRACT(epoch FROM now() - r.numbered_at)::float8
+                     FROM log_records r WHERE r.seq = c.last_seq + 1), 0),
+           c.updated_at < now() - make_interval(secs => $2) AND c.last_seq < h.last_seq
+    FROM consumers c CROSS JOIN log_head h
     WHERE c.stream = $1";
 
 pub async fn run(
     pool: PgPool,
     mut redis: ConnectionManager,
     stream: String,
+    expiry: Duration,
     metrics: Metrics,
     cancel: CancellationToken,
 ) {
+    let mut expired = std::collections::HashSet::new();
     loop {
-        if let Err(e) = measure(&pool, &mut redis, &stream, &metrics).await {
+        if let Err(e) = measure(&pool, &mut redis, &stream, expiry, &metrics, &mut expired).await {
             tracing::debug!(error = %e, "measuring backlog and lag failed");
         }
         tokio::select! {
@@ -40,38 +50,31 @@ async fn measure(
     pool: &PgPool,
     redis: &mut ConnectionManager,
     stream: &str,
+    expiry: Duration,
     metrics: &Metrics,
+    expired: &mut std::collections::HashSet<String>,
 ) -> Result<(), StreamError> {
-    let staged: i64 = sqlx::query_scalar("SELECT count(*) FROM staged_log_records")
-        .fetch_one(pool)
-        .await?;
+    let (staged, oldest): (i64, f64) = sqlx::query_as(STAGED).fetch_one(pool).await?;
     metrics.staged.set(staged as f64);
-
+    metrics.oldest_staged.set(oldest);
     let len: u64 = redis::cmd("XLEN").arg(stream).query_async(redis).await?;
     metrics.stream_length.set(len as f64);
-    let newest: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
-        .arg(stream)
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(redis)
-        .await?;
-    let newest: Option<StreamId> = newest.first().and_then(|(id, _)| id.parse().ok());
 
-    let consumers: Vec<(String, i64, String)> = sqlx::query_as(CONSUMERS)
+    let consumers: Vec<(String, i64, f64, bool)> = sqlx::query_as(CONSUMERS)
         .bind(stream)
+        .bind(expiry.as_secs_f64())
         .fetch_all(pool)
         .await?;
-    for (name, behind, checkpoint) in consumers {
-        let behind = behind.max(0);
-        let seconds = match (newest, checkpoint.parse::<StreamId>()) {
-            (Some(newest), Ok(at)) if behind > 0 => newest.ms.saturating_sub(at.ms) as f64 / 1000.0,
-            _ => 0.0,
-        };
+    for (name, behind, seconds, is_expired) in consumers {
         let lag = Metrics::lag(&name);
         lag.entries.set(behind as f64);
-        lag.seconds.set(seconds);
+        lag.seconds.set(if behind > 0 { seconds } else { 0.0 });
+        lag.expired.set(if is_expired { 1.0 } else { 0.0 });
+        if is_expired && expired.insert(name.clone()) {
+            tracing::warn!(consumer = %name, behind, "consumer silent for longer than CONSUMER_EXPIRY: it no longer holds the stream back and will catch up from the archive");
+        } else if !is_expired {
+            expired.remove(&name);
+        }
     }
     Ok(())
 }

@@ -1,10 +1,13 @@
-//! `rocket-rides-streamer`: moves staged log records from Postgres into the Redis stream, in
-//! batches, and keeps the stream bounded. Safe to run as several replicas: one leads, the
-//! others stand by. Serves only gRPC health (for probes).
+//! `rocket-rides-streamer`: numbers staged log records in Postgres and moves them into the
+//! Redis stream, in batches, and keeps the stream bounded. Safe to run as several replicas:
+//! one leads (a lease), the others stand by. Serves only gRPC health (for probes). Also the
+//! operator's repairs: `republish` and `rewind`.
 
 pub mod config;
 mod gauges;
+mod lease;
 mod metrics;
+pub mod repair;
 mod streamer;
 mod trim;
 
@@ -13,7 +16,7 @@ use std::time::Duration;
 use rocket_rides_platform::{
     Error, grpc, health::Dependency, runner::Runner, shutdown::CancellationToken,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 
 pub use crate::config::Config;
 use crate::{metrics::Metrics, streamer::Streamer};
@@ -31,12 +34,13 @@ pub async fn run(
     let metrics = Metrics::register();
     let pool = config.postgres.pool()?;
     let redis = config.redis.connect(Duration::from_secs(10))?;
+    let (sound, held) = watch::channel(true);
     runner.monitor(
         vec![
             Dependency::Postgres(pool.clone()),
             Dependency::Redis(redis.clone()),
         ],
-        None,
+        Some(held),
     );
     runner.serve(
         grpc::router(runner.health(), grpc::Services::default())?,
@@ -47,6 +51,7 @@ pub async fn run(
             pool.clone(),
             redis.clone(),
             config.stream.clone(),
+            config.consumer_expiry,
             metrics.clone(),
             runner.cancel(),
         );
@@ -59,9 +64,24 @@ pub async fn run(
         double_send_rate = config.double_send_rate,
         "streamer starting"
     );
-    let streamer = Streamer::new(&config, pool.clone(), redis, metrics)?;
+    let streamer = Streamer {
+        holder: holder(),
+        config,
+        pool: pool.clone(),
+        redis,
+        metrics,
+        sound,
+    };
     runner.spawn_worker("streamer", streamer.run(runner.cancel()));
     let result = runner.run().await;
     pool.close().await;
     result
+}
+
+/// This replica's name in the lease: host and process, unique while it runs.
+fn holder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into());
+    format!("{host}/{}", std::process::id())
 }

@@ -18,6 +18,11 @@ pub struct Metrics {
     pub staged: Gauge,
     /// `rocket_rides_stream_length`
     pub stream_length: Gauge,
+    /// `rocket_rides_streamer_halted`: 1 while the leader refuses to stream on (the log
+    /// disagrees with the archive).
+    pub halted: Gauge,
+    /// `rocket_rides_oldest_staged_seconds`: age of the oldest record not yet numbered.
+    pub oldest_staged: Gauge,
 }
 
 /// One consumer's lag, as measured by the streamer.
@@ -26,6 +31,8 @@ pub struct Lag {
     pub entries: Gauge,
     /// `rocket_rides_consumer_lag_seconds{consumer}`
     pub seconds: Gauge,
+    /// `rocket_rides_consumer_expired{consumer}`: 1 while it no longer holds the stream back.
+    pub expired: Gauge,
 }
 
 impl Metrics {
@@ -38,6 +45,8 @@ impl Metrics {
             leader: gauge!("rocket_rides_streamer_leader"),
             staged: gauge!("rocket_rides_staged_records"),
             stream_length: gauge!("rocket_rides_stream_length"),
+            halted: gauge!("rocket_rides_streamer_halted"),
+            oldest_staged: gauge!("rocket_rides_oldest_staged_seconds"),
         }
     }
 
@@ -45,6 +54,7 @@ impl Metrics {
         Lag {
             entries: gauge!("rocket_rides_consumer_lag_entries", "consumer" => consumer.to_string()),
             seconds: gauge!("rocket_rides_consumer_lag_seconds", "consumer" => consumer.to_string()),
+            expired: gauge!("rocket_rides_consumer_expired", "consumer" => consumer.to_string()),
         }
     }
 }

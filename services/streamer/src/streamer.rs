@@ -1,46 +1,74 @@
 //! Moving staged records into the stream.
 //!
-//! Order and numbering are what make consumers exact. A batch takes only rows whose writing
-//! transaction is older than every transaction still running (`xid < xmin`), in `(xid, id)`
-//! order: a transaction that commits late cannot sort before rows already streamed, so a
-//! batch that failed after its XADD is re-read as the same rows in the same order, and gets the
-//! same `seq` numbers. The XADD, the DELETE of the rows and the new `last_seq` all happen in
-//! the transaction that read them, under a row lock on the sequence, so two streamers can never
-//! number the same position differently even if leader election were to fail.
+//! The leader numbers committed records in a statement of its own (`NUMBER`): a record whose
+//! transaction commits late simply gets a later number, so no ride ever waits on an unrelated
+//! transaction, and once numbered a record keeps its seq, epoch and content forever (it is the
+//! archive). It then writes the numbered records Redis lacks, each at the id `<seq>-0`, and
+//! records how far Redis holds the log (`streamed_seq`). Before each batch it compares the
+//! stream with the archive, and stops loudly instead of streaming on when they disagree:
+//! Redis lost entries (run `republish`), the stream is ahead of Postgres (Postgres was restored:
+//! run `rewind`), or an entry differs from its archived record.
 
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use redis::aio::ConnectionManager;
-use rocket_rides_log::LogRecord;
+use rocket_rides_log::{
+    LogRecord,
+    archive::{self, Head},
+    sql, stream,
+};
 use rocket_rides_platform::{
     retry::Backoff,
     shutdown::CancellationToken,
-    telemetry::{
-        propagation::{self, TraceContext},
-        spans,
-    },
+    telemetry::{propagation, spans},
 };
-use sqlx::{
-    Connection, PgConnection, PgPool,
-    postgres::{PgConnectOptions, PgListener},
-};
+use sqlx::{PgPool, postgres::PgListener};
+use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::{Config, metrics::Metrics, trim};
+use crate::{
+    Config,
+    lease::{self, LEASE, Lease},
+    metrics::Metrics,
+    trim,
+};
 
-/// Postgres channel the staging trigger notifies on commit.
-const CHANNEL: &str = "staged_log_records";
-/// Fallback poll while idle, in case a notification was missed (e.g. across a reconnect).
+/// Fallback poll while idle (a notification may be missed across a reconnect); also how often
+/// a standby tries the lease and an idle leader renews it.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How often a halted leader checks whether the log was repaired, and repeats why it halted.
+const RECHECK: Duration = Duration::from_secs(2);
+const REMIND: Duration = Duration::from_secs(30);
 
-/// What the streaming loop needs of the configuration.
-pub struct Settings {
-    pub stream: String,
-    pub batch_size: u32,
-    pub max_len: u32,
-    pub double_send_rate: f64,
-}
+/// Numbers up to `$3` staged records after the head's `last_seq`, renewing the lease; fenced:
+/// nothing happens unless `$1` still holds the lease at epoch `$2`. Returns the new `last_seq`
+/// and how many were numbered, or no row when the lease is lost.
+const NUMBER: &str = "
+    WITH head AS (
+        SELECT last_seq FROM log_head
+        WHERE leader = $1 AND epoch = $2 AND lease_until > now()
+        FOR UPDATE
+    ), picked AS (
+        SELECT id, row_number() OVER (ORDER BY id) AS n
+        FROM (SELECT id FROM log_records WHERE seq IS NULL ORDER BY id LIMIT $3 FOR UPDATE) s
+    ), numbered AS (
+        UPDATE log_records r
+        SET seq = head.last_seq + picked.n, epoch = $2, numbered_at = now()
+        FROM picked, head
+        WHERE r.id = picked.id
+        RETURNING r.seq
+    )
+    UPDATE log_head SET
+        last_seq = last_seq + (SELECT count(*) FROM numbered),
+        lease_until = now() + make_interval(secs => $4)
+    WHERE leader = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM head)
+    RETURNING last_seq, (SELECT count(*) FROM numbered)";
+
+/// Records that Redis holds the log up to `$3`; fenced like `NUMBER`.
+const STREAMED: &str = "
+    UPDATE log_head SET streamed_seq = GREATEST(streamed_seq, $3)
+    WHERE leader = $1 AND epoch = $2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -48,6 +76,31 @@ pub enum StreamError {
     Postgres(#[from] sqlx::Error),
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("lost the lease (another streamer leads now, epoch {0} is over)")]
+    Fenced(i64),
+}
+
+/// Why a leader refuses to stream on. Each says what diverged and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Halt {
+    #[error(
+        "this database's log streams to {log:?} but STREAM_NAME is {configured:?}; \
+         set STREAM_NAME={log:?} (a log has one stream)"
+    )]
+    StreamName { log: String, configured: String },
+    #[error(
+        "Redis lost entries: the stream ends at seq {stream_top} but held the log up to {streamed}; \
+         run `rocket-rides-streamer republish` to restore them from the archive"
+    )]
+    RedisBehind { stream_top: i64, streamed: i64 },
+    #[error(
+        "the stream is ahead of Postgres: it holds seq {stream_top} but Postgres numbered only up to \
+         {last_seq} (was Postgres restored or failed over to an older state?); run \
+         `rocket-rides-streamer rewind` to drop the entries Postgres no longer has"
+    )]
+    PostgresBehind { stream_top: i64, last_seq: i64 },
+    #[error("stream entry {seq} differs from the archived record: {reason}")]
+    Diverged { seq: i64, reason: String },
 }
 
 /// Sets the leader gauge while alive, so it drops back to 0 however leadership ends.
@@ -66,53 +119,18 @@ impl Drop for Leading {
     }
 }
 
-/// A staged record, as the batch query returns it.
-#[derive(sqlx::FromRow)]
-struct StagedRow {
-    id: i64,
-    ride_id: i64,
-    distance: String,
-    #[sqlx(flatten)]
-    trace: TraceContext,
-}
-
 pub struct Streamer {
-    settings: Settings,
-    options: PgConnectOptions,
-    pool: PgPool,
-    redis: ConnectionManager,
-    metrics: Metrics,
+    pub config: Config,
+    /// This replica's name in the lease.
+    pub holder: String,
+    pub pool: PgPool,
+    pub redis: ConnectionManager,
+    pub metrics: Metrics,
+    /// False while halted: the service is then held NOT_SERVING.
+    pub sound: watch::Sender<bool>,
 }
-
-const LAST_SEQ: &str = "SELECT last_seq FROM log_sequences WHERE stream = $1 FOR UPDATE";
-const READY_ROWS: &str = "
-    SELECT id, ride_id, distance::text, traceparent, tracestate
-    FROM staged_log_records
-    WHERE xid < pg_snapshot_xmin(pg_current_snapshot())
-    ORDER BY xid, id
-    LIMIT $1";
 
 impl Streamer {
-    pub fn new(
-        config: &Config,
-        pool: PgPool,
-        redis: ConnectionManager,
-        metrics: Metrics,
-    ) -> Result<Self, rocket_rides_platform::Error> {
-        Ok(Self {
-            settings: Settings {
-                stream: config.stream.clone(),
-                batch_size: config.batch_size,
-                max_len: config.max_len,
-                double_send_rate: config.double_send_rate,
-            },
-            options: config.postgres.options()?,
-            pool,
-            redis,
-            metrics,
-        })
-    }
-
     /// Leads (or stands by) until `cancel`; after any failure, waits and starts over.
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut backoff = Backoff::default();
@@ -131,61 +149,81 @@ impl Streamer {
         }
     }
 
-    /// Waits for leadership (a session advisory lock, released by Postgres when this process
-    /// dies), then streams until `cancel`.
+    /// Waits for the lease, then streams until `cancel`.
     async fn lead(
         &mut self,
         cancel: &CancellationToken,
         backoff: &mut Backoff,
     ) -> Result<(), StreamError> {
-        let mut session = PgConnection::connect_with(&self.options).await?;
         let mut standing_by = false;
-        while !sqlx::query_scalar::<_, bool>(
-            "SELECT pg_try_advisory_lock(hashtext('rocket-rides-streamer:' || $1))",
-        )
-        .bind(&self.settings.stream)
-        .fetch_one(&mut session)
-        .await?
-        {
+        let lease = loop {
+            let seen = self.newest_epoch().await?;
+            if let Some(lease) = lease::acquire(&self.pool, &self.holder, seen).await? {
+                break lease;
+            }
             if !standing_by {
                 tracing::info!("another streamer leads; standing by");
                 standing_by = true;
             }
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
             }
-        }
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(CHANNEL).await?;
-        sqlx::query("INSERT INTO log_sequences (stream) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(&self.settings.stream)
-            .execute(&mut session)
-            .await?;
-        tracing::info!("leading: streaming staged records");
+        };
+        tracing::info!(epoch = lease.epoch, "leading: streaming staged records");
         backoff.reset();
         let _leading = Leading::start(&self.metrics.leader);
+        let result = self.stream(&lease, cancel).await;
+        self.sound.send_replace(true);
+        if result.is_ok() {
+            lease::release(&self.pool, &lease).await.ok();
+        }
+        result
+    }
 
-        // Rows committed but held back by an older running transaction are retried soon,
-        // backing off while that transaction stays open.
-        let mut held_back = Backoff::new(Duration::from_millis(2), IDLE_POLL);
+    async fn stream(
+        &mut self,
+        lease: &Lease,
+        cancel: &CancellationToken,
+    ) -> Result<(), StreamError> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(sql::WAKE_CHANNEL).await?;
+        let mut halted: Option<(Halt, Instant)> = None;
         loop {
-            while self.stream_batch(&mut session).await? == self.settings.batch_size as usize {
-                if cancel.is_cancelled() {
-                    return Ok(());
-                }
+            if cancel.is_cancelled() {
+                return Ok(());
             }
-            trim::trim(&self.pool, &mut self.redis, &self.settings).await?;
-            let waiting: bool =
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM staged_log_records)")
-                    .fetch_one(&mut session)
-                    .await?;
-            let wait = if waiting {
-                held_back.next_delay()
-            } else {
-                held_back.reset();
-                IDLE_POLL
+            let numbered = self.number(lease).await?;
+            let sent = match self.check(lease).await? {
+                Ok(head) => {
+                    if let Some((halt, _)) = halted.take() {
+                        tracing::info!(was = %halt, "the log agrees with the archive again; streaming on");
+                        self.sound.send_replace(true);
+                        self.metrics.halted.set(0.0);
+                    }
+                    self.send(lease, &head).await?
+                }
+                Err(halt) => {
+                    let remind = halted
+                        .as_ref()
+                        .is_none_or(|(was, at)| *was != halt || at.elapsed() >= REMIND);
+                    if remind {
+                        tracing::error!(error = %halt, "stopped streaming: the log would be wrong");
+                        halted = Some((halt, Instant::now()));
+                    }
+                    self.sound.send_replace(false);
+                    self.metrics.halted.set(1.0);
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(RECHECK) => {}
+                    }
+                    continue;
+                }
             };
+            trim::trim(&self.pool, &mut self.redis, &self.config).await?;
+            if numbered > 0 || sent > 0 {
+                continue;
+            }
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 notification = listener.recv() => {
@@ -193,112 +231,215 @@ impl Streamer {
                     // One pass serves every commit that notified so far.
                     while listener.next_buffered().is_some() {}
                 }
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
             }
         }
     }
 
-    /// Streams one batch and returns how many records it moved.
-    async fn stream_batch(&mut self, session: &mut PgConnection) -> Result<usize, StreamError> {
-        let started = Instant::now();
-        let mut tx = session.begin().await?;
-        let last_seq: i64 = sqlx::query_scalar(LAST_SEQ)
-            .bind(&self.settings.stream)
-            .fetch_one(&mut *tx)
+    /// Numbers the next staged records (and renews the lease); returns how many.
+    async fn number(&self, lease: &Lease) -> Result<i64, StreamError> {
+        let row: Option<(i64, i64)> = sqlx::query_as(NUMBER)
+            .bind(&lease.holder)
+            .bind(lease.epoch)
+            .bind(i64::from(self.config.batch_size))
+            .bind(LEASE.as_secs_f64())
+            .fetch_optional(&self.pool)
+            .instrument(spans::postgres("UPDATE log_records, log_head (number)"))
             .await?;
-        let rows: Vec<StagedRow> = sqlx::query_as(READY_ROWS)
-            .bind(i64::from(self.settings.batch_size))
-            .fetch_all(&mut *tx)
-            .await?;
-        if rows.is_empty() {
-            tx.rollback().await?;
-            return Ok(0);
+        let (_, numbered) = row.ok_or(StreamError::Fenced(lease.epoch))?;
+        Ok(numbered)
+    }
+
+    /// Compares the stream with the archive; on agreement, returns the head with
+    /// `streamed_seq` at the stream's end (adopting entries a previous attempt wrote but did
+    /// not record, once they are shown to be the archived records).
+    async fn check(&mut self, lease: &Lease) -> Result<Result<Head, Halt>, StreamError> {
+        let mut head = archive::head(&self.pool).await?;
+        let configured = &self.config.stream;
+        match &head.stream {
+            Some(log) if log != configured => {
+                return Ok(Err(Halt::StreamName {
+                    log: log.clone(),
+                    configured: configured.clone(),
+                }));
+            }
+            Some(_) => {}
+            None => {
+                sqlx::query("UPDATE log_head SET stream = $1 WHERE stream IS NULL")
+                    .bind(configured)
+                    .execute(&self.pool)
+                    .await?;
+                return Box::pin(self.check(lease)).await;
+            }
         }
-        let count = rows.len();
-        let new_last = last_seq + count as i64;
+        let stream_top = stream::last_id(&mut self.redis, configured)
+            .await?
+            .log_seq();
+        if stream_top < head.streamed_seq {
+            return Ok(Err(Halt::RedisBehind {
+                stream_top,
+                streamed: head.streamed_seq,
+            }));
+        }
+        if stream_top > head.last_seq {
+            return Ok(Err(Halt::PostgresBehind {
+                stream_top,
+                last_seq: head.last_seq,
+            }));
+        }
+        if stream_top > head.streamed_seq {
+            if let Some(halt) = self.verify(head.streamed_seq, stream_top).await? {
+                return Ok(Err(halt));
+            }
+            self.record_streamed(lease, stream_top).await?;
+            head.streamed_seq = stream_top;
+        }
+        Ok(Ok(head))
+    }
+
+    /// Checks that the stream's entries `after < seq <= upto` are the archived records.
+    async fn verify(&mut self, after: i64, upto: i64) -> Result<Option<Halt>, StreamError> {
+        let chunk = i64::from(self.config.batch_size);
+        let mut from = after;
+        while from < upto {
+            let last = (from + chunk).min(upto);
+            let archived = archive::range(&self.pool, from, last, chunk).await?;
+            let entries =
+                stream::read_range(&mut self.redis, &self.config.stream, from + 1, last).await?;
+            let mut archived = archived.into_iter().peekable();
+            for entry in entries {
+                let seq = entry.id.log_seq();
+                let reason = match (&entry.record, archived.peek()) {
+                    (Err(e), _) => Some(format!("the entry is unreadable: {e}")),
+                    (Ok(_), None) => Some("the archive has no such record".to_string()),
+                    (Ok(record), Some(kept)) if kept.seq != seq => {
+                        Some(format!("the archive's next record is seq {}", kept.seq))
+                    }
+                    (Ok(record), Some(kept)) if !record.same_as(kept) => Some(format!(
+                        "stream has ride {} ({} m, epoch {}, log {}), archive has ride {} ({} m, epoch {}, log {})",
+                        record.ride_id,
+                        record.distance,
+                        record.epoch,
+                        record.log,
+                        kept.ride_id,
+                        kept.distance,
+                        kept.epoch,
+                        kept.log
+                    )),
+                    _ => None,
+                };
+                if let Some(reason) = reason {
+                    return Ok(Some(Halt::Diverged { seq, reason }));
+                }
+                archived.next();
+            }
+            from = last;
+        }
+        Ok(None)
+    }
+
+    /// Writes the numbered records after `head.streamed_seq` to the stream; returns how many.
+    async fn send(&mut self, lease: &Lease, head: &Head) -> Result<usize, StreamError> {
+        let started = Instant::now();
+        let limit = i64::from(self.config.batch_size);
+        let records = archive::range(&self.pool, head.streamed_seq, head.last_seq, limit).await?;
+        let Some(last) = records.last().map(|r| r.seq) else {
+            return Ok(0);
+        };
+        let count = records.len();
         let batch = tracing::info_span!(
             "stream batch",
             otel.kind = "producer",
             messaging.system = "redis",
-            messaging.destination.name = %self.settings.stream,
+            messaging.destination.name = %self.config.stream,
             messaging.batch.message_count = count,
-            log.first_seq = last_seq + 1,
-            log.last_seq = new_last,
+            log.epoch = lease.epoch,
+            log.first_seq = head.streamed_seq + 1,
+            log.last_seq = last,
             simulated.double_send = tracing::field::Empty,
         );
         // Each record gets a span in its ride's trace, linked to this batch; the stream entry
         // carries that span's context on to the consumers.
-        let mut ids = Vec::with_capacity(count);
-        let mut record_spans = Vec::with_capacity(count);
         let mut xadd = redis::pipe();
         xadd.atomic();
-        for (seq, row) in (last_seq + 1..).zip(rows) {
+        let mut record_spans = Vec::with_capacity(count);
+        for record in records {
             let span = tracing::info_span!(
                 parent: None,
                 "stream ride",
                 otel.kind = "producer",
                 messaging.system = "redis",
-                messaging.destination.name = %self.settings.stream,
-                ride.id = row.ride_id,
-                log.seq = seq,
+                messaging.destination.name = %self.config.stream,
+                ride.id = record.ride_id,
+                log.seq = record.seq,
             );
-            let span = propagation::join(span, &row.trace, &batch);
+            let span = propagation::join(span, &record.trace, &batch);
             let record = LogRecord {
-                seq,
-                ride_id: row.ride_id,
-                distance: row.distance,
                 trace: propagation::of_span(&span),
+                ..record
             };
-            xadd.cmd("XADD")
-                .arg(&self.settings.stream)
-                .arg("*")
-                .arg(record.fields())
-                .ignore();
-            ids.push(row.id);
+            stream::add(&mut xadd, &self.config.stream, &record);
             record_spans.push(span);
         }
-        let double_sent = async {
-            let double_send = rand::rng().random_bool(self.settings.double_send_rate);
-            batch.record("simulated.double_send", double_send);
-            for _ in 0..if double_send { 2 } else { 1 } {
-                xadd.query_async::<()>(&mut self.redis)
-                    .instrument(spans::redis("XADD"))
+        let forgot = async {
+            xadd.query_async::<()>(&mut self.redis)
+                .instrument(spans::redis("XADD"))
+                .await?;
+            // Failure simulation: "forget" that the batch was sent, as a crash right after the
+            // XADD would; the next check finds the entries, verifies and adopts them.
+            let forget = rand::rng().random_bool(self.config.double_send_rate);
+            batch.record("simulated.double_send", forget);
+            if !forget {
+                self.record_streamed(lease, last)
+                    .instrument(spans::postgres("UPDATE log_head (streamed)"))
                     .await?;
             }
-            async {
-                sqlx::query("DELETE FROM staged_log_records WHERE id = ANY($1)")
-                    .bind(&ids)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("UPDATE log_sequences SET last_seq = $2 WHERE stream = $1")
-                    .bind(&self.settings.stream)
-                    .bind(new_last)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await
-            }
-            .instrument(spans::postgres(
-                "DELETE staged_log_records, UPDATE log_sequences, COMMIT",
-            ))
-            .await?;
-            self.metrics.records_streamed.increment(count as u64);
-            self.metrics.batch_size.record(count as f64);
-            self.metrics
-                .batch_duration
-                .record(started.elapsed().as_secs_f64());
-            tracing::debug!(records = count, last_seq = new_last, "batch streamed");
-            Ok::<_, StreamError>(double_send)
+            Ok::<_, StreamError>(forget)
         }
         .instrument(batch.clone())
         .await?;
-        if double_sent {
+        self.metrics.records_streamed.increment(count as u64);
+        self.metrics.batch_size.record(count as f64);
+        self.metrics
+            .batch_duration
+            .record(started.elapsed().as_secs_f64());
+        if forgot {
             self.metrics.double_sends.increment(1);
             tracing::info!(
                 records = count,
-                first_seq = last_seq + 1,
-                "simulated failure: batch sent twice"
+                last_seq = last,
+                "simulated failure: batch sent, not recorded"
             );
         }
+        tracing::debug!(records = count, last_seq = last, "batch streamed");
         Ok(count)
+    }
+
+    async fn record_streamed(&self, lease: &Lease, upto: i64) -> Result<(), StreamError> {
+        let updated = sqlx::query(STREAMED)
+            .bind(&lease.holder)
+            .bind(lease.epoch)
+            .bind(upto)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            return Err(StreamError::Fenced(lease.epoch));
+        }
+        Ok(())
+    }
+
+    /// The epoch of the stream's newest entry (0 when there is none or it is unreadable).
+    async fn newest_epoch(&mut self) -> Result<i64, StreamError> {
+        let top = stream::last_id(&mut self.redis, &self.config.stream).await?;
+        if top == rocket_rides_log::StreamId::ZERO {
+            return Ok(0);
+        }
+        let seq = top.log_seq();
+        let entries = stream::read_range(&mut self.redis, &self.config.stream, seq, seq).await?;
+        Ok(entries
+            .first()
+            .and_then(|e| e.record.as_ref().ok())
+            .map_or(0, |r| r.epoch))
     }
 }

@@ -1,49 +1,56 @@
-//! Keeping the stream bounded without ever dropping an entry a registered consumer still
-//! needs: once the stream is longer than `STREAM_MAX_LEN`, entries older than the oldest
-//! consumer checkpoint are removed (`XTRIM MINID`). A lagging consumer therefore holds
-//! entries back instead of losing them; with no consumer registered the newest
-//! `STREAM_MAX_LEN` entries are kept.
+//! Keeping the stream bounded. Once it is longer than `STREAM_MAX_LEN`, entries every consumer
+//! reading from Redis has applied are removed (`XTRIM MINID`); with none reading from Redis,
+//! the newest `STREAM_MAX_LEN` are kept. Consumers behind the stream's first entry, and
+//! consumers silent for longer than `CONSUMER_EXPIRY`, do not hold the stream back: the archive
+//! in Postgres has what they need.
 
 use redis::aio::ConnectionManager;
-use rocket_rides_log::StreamId;
+use rocket_rides_log::{StreamId, stream};
 use sqlx::PgPool;
 
-use crate::streamer::{Settings, StreamError};
+use crate::{Config, streamer::StreamError};
+
+/// Checkpoints of the consumers that still hold the stream back.
+pub const LIVE_CHECKPOINTS: &str = "
+    SELECT last_seq FROM consumers
+    WHERE stream = $1 AND updated_at > now() - make_interval(secs => $2)";
 
 pub async fn trim(
     pool: &PgPool,
     redis: &mut ConnectionManager,
-    settings: &Settings,
+    config: &Config,
 ) -> Result<(), StreamError> {
-    let stream = &settings.stream;
+    let stream = &config.stream;
     let len: u64 = redis::cmd("XLEN").arg(stream).query_async(redis).await?;
-    if len <= u64::from(settings.max_len) {
+    if len <= u64::from(config.max_len) {
         return Ok(());
     }
-    let checkpoints: Vec<String> =
-        sqlx::query_scalar("SELECT last_stream_id FROM consumers WHERE stream = $1")
-            .bind(stream)
-            .fetch_all(pool)
-            .await?;
-    let oldest = oldest_checkpoint(&checkpoints);
+    let first = stream::read_first(redis, stream).await?;
+    let checkpoints: Vec<i64> = sqlx::query_scalar(LIVE_CHECKPOINTS)
+        .bind(stream)
+        .bind(config.consumer_expiry.as_secs_f64())
+        .fetch_all(pool)
+        .await?;
     let mut xtrim = redis::cmd("XTRIM");
     xtrim.arg(stream);
-    match oldest {
-        Some(id) => xtrim.arg("MINID").arg("=").arg(id.to_string()),
-        None => xtrim.arg("MAXLEN").arg("=").arg(settings.max_len),
+    match holding(&checkpoints, first) {
+        Some(minid) => xtrim.arg("MINID").arg("=").arg(minid),
+        None => xtrim.arg("MAXLEN").arg("=").arg(config.max_len),
     };
     let removed: u64 = xtrim.query_async(redis).await?;
-    tracing::debug!(removed, len, oldest_checkpoint = ?oldest.map(|id| id.to_string()), "stream trimmed");
+    tracing::debug!(removed, len, "stream trimmed");
     Ok(())
 }
 
-/// The oldest checkpoint among registered consumers; an unreadable one counts as the start of
-/// the stream, so it blocks trimming rather than letting it drop entries.
-fn oldest_checkpoint(checkpoints: &[String]) -> Option<StreamId> {
+/// The first id to keep for the slowest consumer still reading from Redis (its checkpoint at
+/// or past the stream's first entry `first`), if any.
+fn holding(checkpoints: &[i64], first: Option<i64>) -> Option<StreamId> {
+    let first = first?;
     checkpoints
         .iter()
-        .map(|id| id.parse().unwrap_or(StreamId::ZERO))
+        .filter(|&&c| c + 1 >= first)
         .min()
+        .map(|c| StreamId::of_seq(c + 1))
 }
 
 #[cfg(test)]
@@ -51,16 +58,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_slowest_consumer_bounds_the_trim() {
-        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(oldest_checkpoint(&[]), None);
-        assert_eq!(
-            oldest_checkpoint(&ids(&["20-1", "9-7", "100-0"])),
-            Some("9-7".parse().unwrap())
-        );
-        assert_eq!(
-            oldest_checkpoint(&ids(&["20-1", "garbage"])),
-            Some(StreamId::ZERO)
-        );
+    fn the_slowest_consumer_reading_from_redis_bounds_the_trim() {
+        assert_eq!(holding(&[], Some(5)), None);
+        assert_eq!(holding(&[9, 20], None), None);
+        assert_eq!(holding(&[20, 9, 100], Some(5)), Some(StreamId::of_seq(10)));
+        // 2 is behind the stream (it reads the archive): it holds nothing back.
+        assert_eq!(holding(&[2, 30], Some(10)), Some(StreamId::of_seq(31)));
+        assert_eq!(holding(&[2], Some(10)), None);
     }
 }

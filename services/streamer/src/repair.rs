@@ -1,0 +1,151 @@
+//! Operator repairs, run as `rocket-rides-streamer republish` and `rocket-rides-streamer
+//! rewind` while the services keep running.
+//!
+//! `republish` (Redis lost data): rewrites, from the archive and at their original ids, every
+//! record that the stream lacks and a registered consumer still needs, and at least the last
+//! one streamed, so the stream ends where the log does again. Halted consumers and the streamer
+//! then resume by themselves.
+//!
+//! `rewind` (Postgres was restored, or failed over, to an older state): deletes the stream's
+//! entries from the first one the archive does not hold as it is, and moves the stream's end
+//! back to match, so the streamer re-sends what Postgres has. The rides Postgres lost are gone
+//! from the log too; consumers, whose checkpoints were restored with the database, end exact.
+
+use redis::aio::ConnectionManager;
+use rocket_rides_log::{StreamId, archive, stream};
+use sqlx::PgPool;
+
+use crate::Config;
+
+const CHUNK: i64 = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepairError {
+    #[error("Postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error(
+        "records {first}..{last} are no longer in the archive (pruned after LOG_RETENTION); \
+         consumers behind them must be rebuilt"
+    )]
+    Pruned { first: i64, last: i64 },
+}
+
+/// Rewrites what the stream lacks; returns how many entries were written.
+pub async fn republish(
+    config: &Config,
+    pool: &PgPool,
+    redis: &mut ConnectionManager,
+) -> Result<u64, RepairError> {
+    let head = archive::head(pool).await?;
+    let top = stream::last_id(redis, &config.stream).await?.log_seq();
+    if top >= head.streamed_seq {
+        tracing::info!(
+            stream_top = top,
+            streamed = head.streamed_seq,
+            "the stream lacks nothing"
+        );
+        return Ok(0);
+    }
+    let needed: Option<i64> =
+        sqlx::query_scalar("SELECT min(last_seq) FROM consumers WHERE stream = $1")
+            .bind(&config.stream)
+            .fetch_one(pool)
+            .await?;
+    // Write from the first record a consumer needs, and at least the last one streamed.
+    let mut after = needed
+        .unwrap_or(head.streamed_seq)
+        .max(top)
+        .min(head.streamed_seq - 1);
+    if let Some(first) = archive::first_seq(pool).await?
+        && first > after + 1
+    {
+        return Err(RepairError::Pruned {
+            first: after + 1,
+            last: first - 1,
+        });
+    }
+    let mut written = 0;
+    while after < head.streamed_seq {
+        let records = archive::range(pool, after, head.streamed_seq, CHUNK).await?;
+        let Some(last) = records.last().map(|r| r.seq) else {
+            break;
+        };
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for record in &records {
+            stream::add(&mut pipe, &config.stream, record);
+        }
+        pipe.query_async::<()>(redis).await?;
+        written += records.len() as u64;
+        after = last;
+    }
+    tracing::info!(
+        written,
+        stream_top = after,
+        "republished the archived records the stream lacked"
+    );
+    Ok(written)
+}
+
+/// Drops the entries the archive does not hold as they are; returns how many were dropped.
+pub async fn rewind(
+    config: &Config,
+    pool: &PgPool,
+    redis: &mut ConnectionManager,
+) -> Result<u64, RepairError> {
+    let head = archive::head(pool).await?;
+    let top = stream::last_id(redis, &config.stream).await?.log_seq();
+    // The first entry after what Postgres recorded as streamed that differs from the archive.
+    let mut keep = head.streamed_seq.min(top);
+    'check: while keep < top {
+        let last = (keep + CHUNK).min(top);
+        let archived = archive::range(pool, keep, last, CHUNK).await?;
+        let entries = stream::read_range(redis, &config.stream, keep + 1, last).await?;
+        for entry in entries {
+            let seq = entry.id.log_seq();
+            let kept = archived.iter().find(|r| r.seq == seq);
+            match (entry.record, kept) {
+                (Ok(record), Some(kept)) if record.same_as(kept) => keep = seq,
+                _ => break 'check,
+            }
+        }
+        if keep < last {
+            // Entries trimmed or deleted in between: nothing to compare, keep going.
+            keep = last;
+        }
+    }
+    if keep >= top {
+        tracing::info!(
+            stream_top = top,
+            "the stream holds nothing the archive lacks"
+        );
+        return Ok(0);
+    }
+    let doomed = stream::read_range(redis, &config.stream, keep + 1, top).await?;
+    let mut dropped = 0;
+    for chunk in doomed.chunks(CHUNK as usize) {
+        let ids: Vec<StreamId> = chunk.iter().map(|e| e.id).collect();
+        dropped += redis::cmd("XDEL")
+            .arg(&config.stream)
+            .arg(&ids)
+            .query_async::<u64>(redis)
+            .await?;
+    }
+    redis::cmd("XSETID")
+        .arg(&config.stream)
+        .arg(StreamId::of_seq(keep))
+        .query_async::<()>(redis)
+        .await?;
+    sqlx::query("UPDATE log_head SET streamed_seq = LEAST(streamed_seq, $1)")
+        .bind(keep)
+        .execute(pool)
+        .await?;
+    tracing::info!(
+        dropped,
+        stream_top = keep,
+        "rewound the stream to what Postgres holds"
+    );
+    Ok(dropped)
+}
