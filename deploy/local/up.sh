@@ -53,7 +53,7 @@ as_pg "$pg_bin/initdb" -D "$data/pg" -U postgres -A trust --no-sync >/dev/null
 run postgres as_pg "$pg_bin/postgres" -D "$data/pg" -p "$PG_PORT" \
   -c listen_addresses=127.0.0.1 -c unix_socket_directories="$data/pg"
 run redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$data/redis" \
-  --appendonly yes --appendfsync always --save ""
+  --appendonly yes --appendfsync always --save "" --maxmemory 256mb --maxmemory-policy noeviction
 
 for _ in $(seq 100); do
   pg_isready -q -h 127.0.0.1 -p "$PG_PORT" && redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break

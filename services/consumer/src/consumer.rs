@@ -44,6 +44,11 @@ enum ConsumeError {
     Protocol(#[from] BadStreamId),
     #[error("another consumer named {0:?} moved this checkpoint; run one process per name")]
     Moved(String),
+    #[error(
+        "the checkpoint in Postgres (seq {database}) is not where this consumer left it (seq \
+         {memory}): was Postgres restored? Resuming from Postgres"
+    )]
+    CheckpointChanged { memory: i64, database: i64 },
 }
 
 enum Stop {
@@ -108,6 +113,14 @@ impl Consumer {
         halted: &mut Option<(Halt, Instant)>,
     ) -> Result<Stop, ConsumeError> {
         let Config { stream, name, .. } = &self.config;
+        if let Some(log) = archive::head(&self.pool).await?.stream
+            && log != *stream
+        {
+            return Ok(Stop::Halt(Halt::StreamName {
+                log,
+                configured: stream.clone(),
+            }));
+        }
         let mut at = checkpoint::load(&self.pool, stream, name).await?;
         if halted.is_none() {
             tracing::info!(
@@ -127,6 +140,17 @@ impl Consumer {
                 Ok(plan) => plan,
                 Err(halt) => return Ok(Stop::Halt(halt)),
             };
+            if entries.is_empty() && plan.apply.is_empty() {
+                // Idle: make sure Postgres still has the checkpoint this consumer serves, so a
+                // database restored to an earlier state is noticed even without new records.
+                let database = checkpoint::load(&self.pool, stream, name).await?.last_seq;
+                if database != at.last_seq {
+                    return Err(ConsumeError::CheckpointChanged {
+                        memory: at.last_seq,
+                        database,
+                    });
+                }
+            }
             if plan.halt.is_none() && halted.take().is_some() {
                 tracing::info!("the log agrees with the archive again; consuming on");
                 self.sound.send_replace(true);

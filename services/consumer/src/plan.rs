@@ -34,6 +34,11 @@ pub enum Halt {
          Redis lost entries; run `rocket-rides-streamer republish`"
     )]
     RedisBehind { stream_top: i64, checkpoint: i64 },
+    #[error(
+        "this database's log streams to {log:?} but STREAM_NAME is {configured:?}; set \
+         STREAM_NAME={log:?} (a log has one stream)"
+    )]
+    StreamName { log: String, configured: String },
 }
 
 /// Plans the records after `last_seq` from the stream's `entries` (in stream order, all after

@@ -31,6 +31,9 @@ pub struct Config {
     /// `CONSUMER_EXPIRY`: a consumer silent for this long stops holding the stream back
     /// (default 24h); it catches up from the archive when it returns.
     pub consumer_expiry: Duration,
+    /// `LOG_RETENTION`: how long the archive keeps streamed records (default 7d); a partition
+    /// is dropped once all its records are older and no unexpired consumer needs them.
+    pub log_retention: Duration,
 }
 
 impl Config {
@@ -47,6 +50,7 @@ impl Config {
             max_len: vars.positive("STREAM_MAX_LEN", 10_000)?,
             double_send_rate: vars.rate("DOUBLE_SEND_RATE")?,
             consumer_expiry: vars.duration("CONSUMER_EXPIRY", Duration::from_secs(86_400))?,
+            log_retention: vars.duration("LOG_RETENTION", Duration::from_secs(7 * 86_400))?,
         })
     }
 }

@@ -7,6 +7,7 @@ pub mod config;
 mod gauges;
 mod lease;
 mod metrics;
+mod partitions;
 pub mod repair;
 mod streamer;
 mod trim;

@@ -31,7 +31,7 @@ use crate::{
     Config,
     lease::{self, LEASE, Lease},
     metrics::Metrics,
-    trim,
+    partitions, trim,
 };
 
 /// Fallback poll while idle (a notification may be missed across a reconnect); also how often
@@ -40,6 +40,8 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 /// How often a halted leader checks whether the log was repaired, and repeats why it halted.
 const RECHECK: Duration = Duration::from_secs(2);
 const REMIND: Duration = Duration::from_secs(30);
+/// How often the leader drops archive partitions older than `LOG_RETENTION`.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Numbers up to `$3` staged records after the head's `last_seq`, renewing the lease; fenced:
 /// nothing happens unless `$1` still holds the lease at epoch `$2`. Returns the new `last_seq`
@@ -189,11 +191,28 @@ impl Streamer {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(sql::WAKE_CHANNEL).await?;
         let mut halted: Option<(Halt, Instant)> = None;
+        let batch = i64::from(self.config.batch_size);
+        let (mut last_seq, mut partitioned) = (0, 0);
+        let mut pruned_at: Option<Instant> = None;
         loop {
             if cancel.is_cancelled() {
                 return Ok(());
             }
-            let numbered = self.number(lease).await?;
+            if last_seq + batch > partitioned {
+                partitioned = partitions::ensure(&self.pool, batch).await?;
+            }
+            let numbered;
+            (last_seq, numbered) = self.number(lease).await?;
+            if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                let Config {
+                    stream,
+                    log_retention,
+                    consumer_expiry,
+                    ..
+                } = &self.config;
+                partitions::prune(&self.pool, stream, *log_retention, *consumer_expiry).await?;
+                pruned_at = Some(Instant::now());
+            }
             let sent = match self.check(lease).await? {
                 Ok(head) => {
                     if let Some((halt, _)) = halted.take() {
@@ -236,8 +255,9 @@ impl Streamer {
         }
     }
 
-    /// Numbers the next staged records (and renews the lease); returns how many.
-    async fn number(&self, lease: &Lease) -> Result<i64, StreamError> {
+    /// Numbers the next staged records (and renews the lease); returns the new `last_seq`
+    /// and how many were numbered.
+    async fn number(&self, lease: &Lease) -> Result<(i64, i64), StreamError> {
         let row: Option<(i64, i64)> = sqlx::query_as(NUMBER)
             .bind(&lease.holder)
             .bind(lease.epoch)
@@ -246,8 +266,7 @@ impl Streamer {
             .fetch_optional(&self.pool)
             .instrument(spans::postgres("UPDATE log_records, log_head (number)"))
             .await?;
-        let (_, numbered) = row.ok_or(StreamError::Fenced(lease.epoch))?;
-        Ok(numbered)
+        row.ok_or(StreamError::Fenced(lease.epoch))
     }
 
     /// Compares the stream with the archive; on agreement, returns the head with
@@ -309,13 +328,12 @@ impl Streamer {
             let mut archived = archived.into_iter().peekable();
             for entry in entries {
                 let seq = entry.id.log_seq();
-                let reason = match (&entry.record, archived.peek()) {
+                // Records whose entries were trimmed have nothing to compare.
+                while archived.next_if(|kept| kept.seq < seq).is_some() {}
+                let reason = match (&entry.record, archived.next_if(|kept| kept.seq == seq)) {
                     (Err(e), _) => Some(format!("the entry is unreadable: {e}")),
                     (Ok(_), None) => Some("the archive has no such record".to_string()),
-                    (Ok(record), Some(kept)) if kept.seq != seq => {
-                        Some(format!("the archive's next record is seq {}", kept.seq))
-                    }
-                    (Ok(record), Some(kept)) if !record.same_as(kept) => Some(format!(
+                    (Ok(record), Some(kept)) if !record.same_as(&kept) => Some(format!(
                         "stream has ride {} ({} m, epoch {}, log {}), archive has ride {} ({} m, epoch {}, log {})",
                         record.ride_id,
                         record.distance,
@@ -331,7 +349,6 @@ impl Streamer {
                 if let Some(reason) = reason {
                     return Ok(Some(Halt::Diverged { seq, reason }));
                 }
-                archived.next();
             }
             from = last;
         }
