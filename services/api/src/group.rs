@@ -175,7 +175,7 @@ async fn write(
         .bind(column(|r| r.trace.traceparent.as_deref()))
         .bind(column(|r| r.trace.tracestate.as_deref()))
         .fetch_all(pool)
-        .instrument(spans::postgres("INSERT rides, log_records"))
+        .instrument(spans::postgres("INSERT rides, log_records (group commit)"))
         .await?;
     let mut inserted: HashMap<usize, i64> = HashMap::new();
     let mut taken = Vec::new();

@@ -1,7 +1,7 @@
 //! `RideService`: a ride and its log record are written by one statement, hence one
 //! transaction, so the log can never carry a ride the database does not have.
 
-use rocket_rides_platform::telemetry::propagation;
+use rocket_rides_platform::telemetry::{propagation, spans};
 use rocket_rides_proto::v1::{
     CreateRideRequest, CreateRideResponse, ride_service_server::RideService,
 };
@@ -33,7 +33,13 @@ impl Rides {
             // join this trace.
             trace: propagation::of_span(&tracing::Span::current()),
         };
-        let (ride_id, message) = match self.group.write(ride).await? {
+        // The call's wait for its group commit, as a client span in the ride's trace.
+        let written = self
+            .group
+            .write(ride)
+            .instrument(spans::postgres("INSERT rides, log_records"))
+            .await?;
+        let (ride_id, message) = match written {
             Written::Created(id) => (id, "ride created"),
             Written::Existing(id) => (
                 id,

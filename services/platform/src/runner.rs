@@ -89,7 +89,14 @@ impl Runner {
             names: HashMap::new(),
         };
         if let Some(addr) = config.common().metrics_addr {
-            runner.spawn("metrics", prometheus::install(addr)?);
+            let exporter = prometheus::install(addr)?;
+            let cancel = runner.cancel();
+            runner.spawn("metrics", async move {
+                tokio::select! {
+                    served = exporter => served,
+                    _ = cancel.cancelled() => Ok(()),
+                }
+            });
         }
         Ok(runner)
     }
