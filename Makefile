@@ -33,11 +33,11 @@ unit:
 
 # Real Postgres, Redis and service processes; the real grpcurl from the venv.
 integration: build venv
-	GRPCURL=$(CURDIR)/$(VENV)/bin/grpcurl cargo test -p rocket-rides-tests --locked -- --test-threads=2
+	GRPCURL=$(CURDIR)/$(VENV)/bin/grpcurl cargo test -p rocket-rides-tests --locked --lib --test it -- --test-threads=2
 
 # The chaos soak on its own, 10 minutes by default (make test runs a 45 s one).
 soak: deps build
-	SOAK_SECONDS=$${SOAK_SECONDS:-600} cargo test -p rocket-rides-tests --locked --test soak -- --nocapture
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} cargo test -p rocket-rides-tests --locked --test it soak:: -- --nocapture
 
 # Benchmarks against pgbench and redis-benchmark on the same servers; report in target/bench/.
 bench: deps

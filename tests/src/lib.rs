@@ -1,15 +1,23 @@
 //! Test harness: real Postgres and Redis servers in throwaway directories on free ports, the
-//! real service binaries as child processes, and helpers that wait on conditions (never on
-//! bare sleeps) and check the invariants in SQL and through GetTotal.
+//! real service binaries as child processes behind typed handles (`Api`, `Streamer`,
+//! `Consumer`, `Simulator`), and helpers that wait on conditions (never on bare sleeps) and
+//! check the invariants in SQL, through GetTotal, health and metrics.
 
+pub mod metrics;
 pub mod otlp;
 pub mod postgres;
 pub mod process;
 pub mod redis_server;
+pub mod sandbox;
+pub mod service;
 pub mod system;
 pub mod wait;
 
-pub use system::{Bin, System};
+pub use metrics::Metrics;
+pub use sandbox::Sandbox;
+pub use service::{Api, Consumer, Kind, Service, Simulator, Streamer, kind};
+pub use system::{Committed, Pipeline, System};
+pub use tonic_health::pb::health_check_response::ServingStatus;
 pub use wait::wait_until;
 
 /// A port nobody listens on right now.

@@ -93,7 +93,8 @@ impl Postgres {
         self.url_for("rocketrides")
     }
 
-    fn url_for(&self, db: &str) -> String {
+    /// The URL of database `db` on this server.
+    pub fn url_for(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
 
@@ -131,12 +132,44 @@ impl Postgres {
         self.process.log_tail(lines)
     }
 
+    /// A cold copy of the data directory (Postgres is stopped cleanly for it, then started
+    /// again), as a backup or a lagging replica would hold it.
+    pub async fn snapshot(&mut self) -> PathBuf {
+        self.process
+            .stop(libc::SIGINT, Duration::from_secs(30))
+            .await;
+        let copy = self.data.with_extension("snapshot");
+        copy_dir(&self.data, &copy);
+        self.run().await;
+        copy
+    }
+
+    /// Puts Postgres back to `snapshot`: stopped at once, its data directory replaced, started.
+    /// The database goes back in time, as after a restore or a failover to a lagging replica.
+    pub async fn restore(&mut self, snapshot: &Path) {
+        self.stop_immediate().await;
+        std::fs::remove_dir_all(&self.data).unwrap();
+        copy_dir(snapshot, &self.data);
+        self.run().await;
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data
     }
 }
 
 /// Postgres's bin directory: `initdb` on PATH, or the newest /usr/lib/postgresql/*/bin.
+/// `cp -a`, keeping owners and modes (Postgres insists on them).
+fn copy_dir(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success(), "copying {} failed", from.display());
+}
+
 fn bin_dir() -> PathBuf {
     let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()

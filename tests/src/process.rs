@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use crate::wait_until;
+use crate::wait::{poll_until, wait_until};
 
 pub struct Process {
     name: String,
@@ -91,7 +91,15 @@ impl Process {
             .pid()
             .unwrap_or_else(|| panic!("{} is not running", self.name));
         crate::signal(pid, signal);
-        let child = self.child.as_mut().unwrap();
+        self.wait_exit(timeout).await
+    }
+
+    /// Waits for the process to exit on its own; panics after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self
+            .child
+            .as_mut()
+            .unwrap_or_else(|| panic!("{} is not running", self.name));
         let status = wait_until(&format!("{} to exit", self.name), timeout, || {
             let polled = child.try_wait();
             async move {
@@ -106,6 +114,38 @@ impl Process {
         status
     }
 
+    /// Waits until the process has installed a handler for `signal` (its `SigCgt` mask in
+    /// /proc), polling every millisecond: the earliest moment a signal can be handled at all,
+    /// since until then the default action (for SIGTERM: die) applies.
+    pub async fn wait_until_catching(&mut self, signal: i32, timeout: Duration) {
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| panic!("{} is not running", self.name));
+        let (name, child) = (&self.name, &mut self.child);
+        let what = format!("{name} to catch signal {signal}");
+        poll_until(&what, timeout, Duration::from_millis(1), || {
+            let exited = child.as_mut().map(|c| c.try_wait());
+            async move {
+                if let Some(Ok(Some(status))) = exited {
+                    panic!("{name} exited ({status}) before catching signal {signal}");
+                }
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .map_err(|e| e.to_string())?;
+                let caught = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("SigCgt:"))
+                    .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+                    .ok_or("no SigCgt in /proc/<pid>/status")?;
+                if caught & (1 << (signal - 1)) != 0 {
+                    Ok(())
+                } else {
+                    Err(format!("SigCgt {caught:#x}"))
+                }
+            }
+        })
+        .await;
+    }
+
     pub async fn kill(&mut self) {
         self.stop(libc::SIGKILL, Duration::from_secs(10)).await;
     }
@@ -113,6 +153,11 @@ impl Process {
     /// The process's output so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many times `needle` occurs in the output so far.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
     }
 
     /// The last `lines` lines of output, for failure reports.

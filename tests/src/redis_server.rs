@@ -6,6 +6,7 @@ use crate::{free_port, process::Process, wait_until};
 
 pub struct RedisServer {
     pub port: u16,
+    data: std::path::PathBuf,
     process: Process,
 }
 
@@ -34,7 +35,11 @@ impl RedisServer {
             &[],
             dir,
         );
-        let mut redis = Self { port, process };
+        let mut redis = Self {
+            port,
+            data,
+            process,
+        };
         redis.run().await;
         redis
     }
@@ -71,6 +76,14 @@ impl RedisServer {
 
     /// Starts again on the same data (the AOF).
     pub async fn restart(&mut self) {
+        self.run().await;
+    }
+
+    /// Kills Redis and starts it on an empty data directory: everything it held is lost.
+    pub async fn wipe(&mut self) {
+        self.kill().await;
+        std::fs::remove_dir_all(&self.data).unwrap();
+        std::fs::create_dir_all(&self.data).unwrap();
         self.run().await;
     }
 }

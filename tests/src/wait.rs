@@ -6,7 +6,22 @@ use tokio::time::Instant;
 
 /// Polls `check` every 50 ms until it returns `Ok`, or panics after `timeout` naming `what` and
 /// the last thing `check` reported.
-pub async fn wait_until<T, E, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub async fn wait_until<T, E, F, Fut>(what: &str, timeout: Duration, check: F) -> T
+where
+    E: Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    poll_until(what, timeout, Duration::from_millis(50), check).await
+}
+
+/// `wait_until`, polling every `every`: for conditions that must be caught as soon as they hold.
+pub async fn poll_until<T, E, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: F,
+) -> T
 where
     E: Debug,
     F: FnMut() -> Fut,
@@ -19,7 +34,7 @@ where
             Err(last) if Instant::now() >= deadline => {
                 panic!("timed out after {timeout:?} waiting for {what}; last seen: {last:?}")
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(_) => tokio::time::sleep(every).await,
         }
     }
 }

@@ -2,44 +2,42 @@
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
-use rocket_rides_proto::v1::{CreateRideRequest, ride_service_client::RideServiceClient};
-use rocket_rides_tests::{Bin, System, system};
-use tonic::{Code, transport::Channel};
+use rocket_rides_proto::v1::CreateRideRequest;
+use rocket_rides_tests::System;
+use tonic::Code;
 
-async fn counts(sys: &System) -> (i64, i64) {
-    sqlx::query_as("SELECT (SELECT COUNT(*) FROM rides), (SELECT COUNT(*) FROM log_records)")
-        .fetch_one(&sys.db)
-        .await
-        .unwrap()
+/// Rows written so far: rides, and their staged log records (no streamer runs to drain them).
+#[derive(Debug, PartialEq)]
+struct Written {
+    rides: i64,
+    staged: i64,
 }
 
-async fn call(
-    client: &mut RideServiceClient<Channel>,
-    distance: Option<f64>,
-    key: &str,
-) -> Result<(i64, String), tonic::Status> {
-    client
-        .create_ride(CreateRideRequest {
-            distance,
-            idempotency_key: key.into(),
-        })
-        .await
-        .map(|r| {
-            let r = r.into_inner();
-            (r.ride_id, r.message)
-        })
+async fn written(sys: &System) -> Written {
+    Written {
+        rides: sys.committed().await.rides,
+        staged: sys.staged().await,
+    }
+}
+
+fn ride(distance: Option<f64>, key: &str) -> CreateRideRequest {
+    CreateRideRequest {
+        distance,
+        idempotency_key: key.into(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_is_invalid_argument_and_writes_nothing() {
     let sys = System::start().await;
-    let mut api = sys.service(Bin::Api, "api", &[]);
-    sys.start_ready(&mut api).await;
-    let mut client = system::rides(&api).await;
+    let mut api = sys.api(&[]);
+    api.start_ready().await;
 
     let bad = [
         ("negative", Some(-1.0), String::new()),
         ("zero", Some(0.0), String::new()),
+        ("under a millimetre", Some(0.0004), String::new()),
+        ("the smallest double", Some(5e-324), String::new()),
         ("NaN", Some(f64::NAN), String::new()),
         ("+inf", Some(f64::INFINITY), String::new()),
         ("-inf", Some(f64::NEG_INFINITY), String::new()),
@@ -48,46 +46,82 @@ async fn bad_input_is_invalid_argument_and_writes_nothing() {
         ("key too long", Some(5.0), "k".repeat(256)),
     ];
     for (what, distance, key) in bad {
-        let status = call(&mut client, distance, &key).await.unwrap_err();
+        let status = api.create_ride(ride(distance, &key)).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
         assert!(
             !status.message().is_empty(),
             "{what}: the message should say what is wrong"
         );
     }
-    assert_eq!(counts(&sys).await, (0, 0));
+    assert_eq!(
+        written(&sys).await,
+        Written {
+            rides: 0,
+            staged: 0
+        }
+    );
 
     // The limits themselves are fine.
-    call(&mut client, Some(1_000_000.0), "").await.unwrap();
-    call(&mut client, Some(f64::MIN_POSITIVE), &"k".repeat(255))
+    api.create_ride(ride(Some(1_000_000.0), "")).await.unwrap();
+    let smallest = api
+        .create_ride(ride(Some(0.0005), &"k".repeat(255)))
         .await
         .unwrap();
-    assert_eq!(counts(&sys).await, (2, 2));
+    assert_eq!(smallest.distance, 0.001, "rounded to whole millimetres");
+    assert_eq!(
+        written(&sys).await,
+        Written {
+            rides: 2,
+            staged: 2
+        }
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idempotent_retry_writes_nothing_new() {
     let sys = System::start().await;
-    let mut api = sys.service(Bin::Api, "api", &[]);
-    sys.start_ready(&mut api).await;
-    let mut client = system::rides(&api).await;
+    let mut api = sys.api(&[]);
+    api.start_ready().await;
 
-    let (first, message) = call(&mut client, Some(42.5), "ride-1").await.unwrap();
-    assert_eq!(message, "ride created");
-    let (again, message) = call(&mut client, Some(42.5), "ride-1").await.unwrap();
-    assert_eq!(again, first);
-    assert!(message.contains("already created"), "{message}");
-    assert_eq!(counts(&sys).await, (1, 1));
+    let first = api.create_ride(ride(Some(42.5), "ride-1")).await.unwrap();
+    assert_eq!(first.message, "ride created");
+    let again = api.create_ride(ride(Some(42.5), "ride-1")).await.unwrap();
+    assert_eq!(again.ride_id, first.ride_id);
+    assert!(
+        again.message.contains("already created"),
+        "{}",
+        again.message
+    );
+    assert_eq!(
+        written(&sys).await,
+        Written {
+            rides: 1,
+            staged: 1
+        }
+    );
 
-    let status = call(&mut client, Some(43.0), "ride-1").await.unwrap_err();
+    let status = api
+        .create_ride(ride(Some(43.0), "ride-1"))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-    assert_eq!(counts(&sys).await, (1, 1));
+    assert_eq!(
+        written(&sys).await,
+        Written {
+            rides: 1,
+            staged: 1
+        }
+    );
 
     // Racing retries of one key still make one ride.
+    let client = api.client().await;
     let tasks: Vec<_> = (0..16)
         .map(|_| {
             let mut client = client.clone();
-            tokio::spawn(async move { call(&mut client, Some(7.25), "ride-2").await.unwrap().0 })
+            tokio::spawn(async move {
+                let created = client.create_ride(ride(Some(7.25), "ride-2")).await;
+                created.unwrap().into_inner().ride_id
+            })
         })
         .collect();
     let mut ids = Vec::new();
@@ -96,7 +130,13 @@ async fn an_idempotent_retry_writes_nothing_new() {
     }
     ids.dedup();
     assert_eq!(ids.len(), 1, "one key, one ride: {ids:?}");
-    assert_eq!(counts(&sys).await, (2, 2));
+    assert_eq!(
+        written(&sys).await,
+        Written {
+            rides: 2,
+            staged: 2
+        }
+    );
 }
 
 fn grpcurl() -> PathBuf {
@@ -124,11 +164,11 @@ fn run_grpcurl(args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn grpcurl_lists_services_by_reflection_and_creates_a_ride() {
     let sys = System::start().await;
-    let (api, _streamer, consumers) = sys.pipeline(&["consumer0"], &[]).await;
-    let api_addr = api.env("LISTEN_ADDR").unwrap().to_string();
-    let consumer_addr = consumers[0].env("LISTEN_ADDR").unwrap().to_string();
+    let p = sys.pipeline(&["consumer0"], &[]).await;
+    let api_addr = p.api.listen_addr();
+    let consumer_addr = p.consumers[0].listen_addr();
 
-    let listed = run_grpcurl(&["-plaintext", &api_addr, "list"]);
+    let listed = run_grpcurl(&["-plaintext", api_addr, "list"]);
     for service in [
         "rocketrides.v1.RideService",
         "grpc.health.v1.Health",
@@ -145,7 +185,7 @@ async fn grpcurl_lists_services_by_reflection_and_creates_a_ride() {
         "-plaintext",
         "-d",
         r#"{"distance": 12.5}"#,
-        &api_addr,
+        api_addr,
         "rocketrides.v1.RideService/CreateRide",
     ]);
     let created: serde_json::Value = serde_json::from_str(&created).unwrap();
@@ -157,14 +197,13 @@ async fn grpcurl_lists_services_by_reflection_and_creates_a_ride() {
         .unwrap();
     assert_eq!(stored, "12.5");
 
-    let health = run_grpcurl(&["-plaintext", &api_addr, "grpc.health.v1.Health/Check"]);
+    let health = run_grpcurl(&["-plaintext", api_addr, "grpc.health.v1.Health/Check"]);
     assert!(health.contains("SERVING"), "{health}");
 
-    sys.wait_exact(&[&consumers[0]], Duration::from_secs(60))
-        .await;
+    sys.wait_exact(&p.consumers, Duration::from_secs(60)).await;
     let total = run_grpcurl(&[
         "-plaintext",
-        &consumer_addr,
+        consumer_addr,
         "rocketrides.v1.ConsumerService/GetTotal",
     ]);
     let total: serde_json::Value = serde_json::from_str(&total).unwrap();

@@ -5,19 +5,16 @@ use std::{collections::HashMap, time::Duration};
 
 use rocket_rides_proto::v1::CreateRideRequest;
 use rocket_rides_tests::{
-    Bin, System, free_port,
+    Api, Consumer, Streamer, System,
     otlp::{OtlpReceiver, ReceivedSpan},
-    system::{self, load},
     wait_until,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 
 /// Creates a ride, optionally as part of the caller's trace; returns its id.
-async fn create_ride(api: &rocket_rides_tests::process::Process, traceparent: Option<&str>) -> i64 {
-    let mut client = system::rides(api).await;
+async fn create_ride(api: &Api, traceparent: Option<&str>) -> i64 {
     let mut request = tonic::Request::new(CreateRideRequest {
         distance: Some(99.5),
         idempotency_key: String::new(),
@@ -27,12 +24,7 @@ async fn create_ride(api: &rocket_rides_tests::process::Process, traceparent: Op
             .metadata_mut()
             .insert("traceparent", tp.parse().unwrap());
     }
-    client
-        .create_ride(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .ride_id
+    api.create_ride(request).await.unwrap().ride_id
 }
 
 fn find<'a>(
@@ -103,11 +95,11 @@ async fn one_ride_is_one_trace_from_the_api_through_the_log_to_every_consumer() 
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ];
-    let (api, _streamer, _consumers) = sys.pipeline(&["consumer0", "consumer1"], &env).await;
+    let p = sys.pipeline(&["consumer0", "consumer1"], &env).await;
 
     // A caller with its own trace: the ride joins it.
     let traceparent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
-    let ride = create_ride(&api, Some(&traceparent)).await;
+    let ride = create_ride(&p.api, Some(&traceparent)).await;
     let j = journey(&receiver, ride).await;
     let spans = receiver.spans();
     let by_id: HashMap<&str, &ReceivedSpan> =
@@ -179,7 +171,7 @@ async fn one_ride_is_one_trace_from_the_api_through_the_log_to_every_consumer() 
     }
 
     // Without a caller trace the api starts one, and the log carries it just the same.
-    let ride = create_ride(&api, None).await;
+    let ride = create_ride(&p.api, None).await;
     let j = journey(&receiver, ride).await;
     assert_ne!(j.create.trace_id, CALLER_TRACE);
     for span in [&j.stream].into_iter().chain(&j.applies) {
@@ -191,154 +183,95 @@ async fn one_ride_is_one_trace_from_the_api_through_the_log_to_every_consumer() 
     }
 }
 
-/// GET /metrics, as Prometheus would.
-async fn scrape(addr: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "{head}"
-    );
-    body.to_string()
-}
-
-/// Parses the Prometheus text format strictly enough to catch malformed output: every line is
-/// a comment (`# TYPE`/`# HELP`) or `name{labels} value`. Returns samples by `name{labels}`.
-fn parse_prometheus(text: &str) -> HashMap<String, f64> {
-    let mut samples = HashMap::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        if let Some(comment) = line.strip_prefix("# ") {
-            assert!(
-                comment.starts_with("TYPE ") || comment.starts_with("HELP "),
-                "bad comment: {line}"
-            );
-            continue;
-        }
-        let (series, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("bad line: {line}"));
-        let name = series.split('{').next().unwrap();
-        assert!(
-            !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-                && !name.starts_with(|c: char| c.is_ascii_digit()),
-            "bad metric name in: {line}"
-        );
-        if let Some(labels) = series.strip_prefix(name) {
-            assert!(
-                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
-                "bad labels: {line}"
-            );
-        }
-        let value: f64 = match value {
-            "+Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            v => v.parse().unwrap_or_else(|_| panic!("bad value in: {line}")),
-        };
-        samples.insert(series.to_string(), value);
-    }
-    samples
+/// A consumer's lag in entries and seconds, as the streamer measures it.
+async fn lag(
+    streamer: &Streamer,
+    consumer: &Consumer,
+) -> Result<(Option<f64>, Option<f64>), String> {
+    let metrics = streamer.metrics().await?;
+    let get = |name| metrics.get(name, &[("consumer", consumer.name())]);
+    Ok((
+        get("rocket_rides_consumer_lag_entries"),
+        get("rocket_rides_consumer_lag_seconds"),
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_parse_and_consumer_lag_rises_while_it_is_down_then_returns_to_zero() {
     let sys = System::start().await;
-    let ports: Vec<String> = (0..4)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let mut api = sys.service(Bin::Api, "api", &[("METRICS_ADDR", &ports[0])]);
-    let mut streamer = sys.service(Bin::Streamer, "streamer", &[("METRICS_ADDR", &ports[1])]);
-    let mut c0 = sys.service(Bin::Consumer, "consumer0", &[("METRICS_ADDR", &ports[2])]);
-    let mut c1 = sys.service(Bin::Consumer, "consumer1", &[("METRICS_ADDR", &ports[3])]);
-    for p in [&mut api, &mut streamer, &mut c0, &mut c1] {
-        sys.start_ready(p).await;
-    }
-    assert_eq!(load(&api, 20, 2).await, 20);
-    sys.wait_exact(&[&c0, &c1], Duration::from_secs(60)).await;
+    let mut p = sys.pipeline(&["consumer0", "consumer1"], &[]).await;
+    assert_eq!(p.api.load(20, 2).await, 20);
+    sys.wait_exact(&p.consumers, Duration::from_secs(60)).await;
 
-    let lag = |consumer: &'static str| {
-        let addr = ports[1].clone();
-        async move {
-            let samples = parse_prometheus(&scrape(&addr).await);
-            let get = |name: &str| {
-                samples
-                    .get(&format!("{name}{{consumer=\"{consumer}\"}}"))
-                    .copied()
-            };
-            (
-                get("rocket_rides_consumer_lag_entries"),
-                get("rocket_rides_consumer_lag_seconds"),
-            )
-        }
-    };
-    c1.stop(libc::SIGTERM, Duration::from_secs(15)).await;
-    assert_eq!(load(&api, 100, 4).await, 100);
+    let status = p.consumers[1].terminate().await;
+    assert!(status.success(), "SIGTERM should exit 0, got {status:?}");
+    assert_eq!(p.api.load(100, 4).await, 100);
     wait_until(
         "consumer1's lag to rise",
         Duration::from_secs(30),
         || async {
-            match lag("consumer1").await {
+            match lag(&p.streamer, &p.consumers[1]).await? {
                 (Some(entries), Some(seconds)) if entries >= 100.0 && seconds > 0.0 => Ok(()),
-                other => Err(other),
+                other => Err(format!("{other:?}")),
             }
         },
     )
     .await;
-    assert_eq!(lag("consumer0").await.0, Some(0.0), "consumer0 kept up");
+    assert_eq!(
+        lag(&p.streamer, &p.consumers[0]).await.unwrap().0,
+        Some(0.0),
+        "consumer0 kept up"
+    );
 
-    sys.start_ready(&mut c1).await;
+    p.consumers[1].start_ready().await;
     wait_until(
         "consumer1's lag to return to zero",
         Duration::from_secs(60),
         || async {
-            match lag("consumer1").await {
+            match lag(&p.streamer, &p.consumers[1]).await? {
                 (Some(0.0), Some(0.0)) => Ok(()),
-                other => Err(other),
+                other => Err(format!("{other:?}")),
             }
         },
     )
     .await;
 
-    let api_samples = parse_prometheus(&scrape(&ports[0]).await);
-    assert_eq!(api_samples["rocket_rides_rides_created_total"], 120.0);
+    let api = p.api.metrics().await.unwrap();
     assert_eq!(
-        api_samples[r#"rocket_rides_grpc_requests_total{method="/rocketrides.v1.RideService/CreateRide",code="Ok"}"#],
-        120.0
+        api.get("rocket_rides_rides_created_total", &[]),
+        Some(120.0)
     );
-    let streamer_samples = parse_prometheus(&scrape(&ports[1]).await);
+    let create_ride = [
+        ("method", "/rocketrides.v1.RideService/CreateRide"),
+        ("code", "Ok"),
+    ];
     assert_eq!(
-        streamer_samples["rocket_rides_records_streamed_total"],
-        120.0
+        api.get("rocket_rides_grpc_requests_total", &create_ride),
+        Some(120.0)
     );
-    assert_eq!(streamer_samples["rocket_rides_staged_records"], 0.0);
-    assert_eq!(streamer_samples["rocket_rides_streamer_leader"], 1.0);
-    let c0_samples = parse_prometheus(&scrape(&ports[2]).await);
+    let streamer = p.streamer.metrics().await.unwrap();
     assert_eq!(
-        c0_samples[r#"rocket_rides_records_applied_total{consumer="consumer0"}"#],
-        120.0
+        streamer.get("rocket_rides_records_streamed_total", &[]),
+        Some(120.0)
+    );
+    assert_eq!(streamer.get("rocket_rides_staged_records", &[]), Some(0.0));
+    assert_eq!(streamer.get("rocket_rides_streamer_leader", &[]), Some(1.0));
+    assert_eq!(
+        p.consumers[0]
+            .metric("rocket_rides_records_applied_total")
+            .await,
+        Ok(Some(120.0))
     );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn json_logs_carry_the_trace_id_of_their_span() {
     let sys = System::start().await;
-    let mut api = sys.service(
-        Bin::Api,
-        "api",
-        &[
-            ("LOG_FORMAT", "json"),
-            ("RUST_LOG", "info,rocket_rides_api=debug"),
-        ],
-    );
-    sys.start_ready(&mut api).await;
+    let mut api = sys.api(&[
+        ("LOG_FORMAT", "json"),
+        ("RUST_LOG", "info,rocket_rides_api=debug"),
+    ]);
+    api.start_ready().await;
     let ride = create_ride(&api, Some(&format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))).await;
 
     let line = wait_until(

@@ -1,0 +1,571 @@
+//! The measurements: CreateRide against pgbench running the original's plain transaction, the streamer's
+//! drain and a consumer's apply rate against redis-benchmark's XADD, and end-to-end latency.
+//! Each figure is the median of repeated runs in this one process, on the same Postgres and
+//! Redis. Reporting is `report`'s job.
+
+use std::{
+    collections::HashMap,
+    process::Command,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use redis::streams::StreamReadReply;
+use rocket_rides_log::{Entry, StreamId, sql::ORIGINAL_RIDE_TRANSACTION, stream::DEFAULT_STREAM};
+use rocket_rides_proto::v1::{
+    CreateRideRequest, GetTotalRequest, consumer_service_client::ConsumerServiceClient,
+    ride_service_client::RideServiceClient,
+};
+use rocket_rides_tests::{Api, Consumer, System, wait_until};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+/// Concurrent CreateRide callers measured (and pgbench clients compared).
+pub const CALLERS: [usize; 5] = [1, 8, 32, 64, 128];
+
+/// Services as measured: quiet logs, and no metrics endpoint (the streamer would poll the
+/// database for its gauges every second).
+pub const QUIET: [(&str, &str); 2] = [("RUST_LOG", "warn"), ("METRICS_ADDR", "")];
+
+/// How much to measure: `BENCH_SECONDS` per run (default 5), `BENCH_RUNS` runs per figure
+/// (default 3), `BENCH_BACKLOG` records to drain and apply (default 100,000).
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    pub secs: u64,
+    pub runs: usize,
+    pub backlog: i64,
+}
+
+impl Settings {
+    pub fn from_env() -> Self {
+        fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        }
+        Self {
+            secs: var("BENCH_SECONDS", 5),
+            runs: var("BENCH_RUNS", 3).max(1),
+            backlog: var("BENCH_BACKLOG", 100_000).max(1),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Measured {
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// The middle of `xs` (the upper one of an even count).
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn median_of(runs: &[Measured]) -> Measured {
+    Measured {
+        per_second: median(runs.iter().map(|m| m.per_second).collect()),
+        p50_ms: median(runs.iter().map(|m| m.p50_ms).collect()),
+        p99_ms: median(runs.iter().map(|m| m.p99_ms).collect()),
+    }
+}
+
+/// The `q` quantile (0..=1) of sorted samples, nearest rank.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+async fn reset(sys: &System) {
+    sqlx::query("TRUNCATE rides, log_records")
+        .execute(&sys.db)
+        .await
+        .unwrap();
+}
+
+/// An empty log: no rides, no staged records, no stream, no consumers, sequence back at 0.
+async fn reset_log(sys: &System) {
+    reset(sys).await;
+    sqlx::query("UPDATE log_head SET last_seq = 0, streamed_seq = 0, leader = NULL")
+        .execute(&sys.db)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM consumers")
+        .execute(&sys.db)
+        .await
+        .unwrap();
+    let mut redis = sys.redis.connection().await;
+    let _: () = redis::cmd("DEL")
+        .arg(DEFAULT_STREAM)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+}
+
+/// Closed loop: `callers` tasks each calling CreateRide as soon as the last call returned.
+async fn api_run(api: &Api, callers: usize, secs: u64) -> Measured {
+    let channel = api.channel().await;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..callers)
+        .map(|i| {
+            let mut client = RideServiceClient::new(channel.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let started = Instant::now();
+                    let request = CreateRideRequest {
+                        distance: Some(5.0 + ((i * 31 + latencies.len()) % 995) as f64),
+                        idempotency_key: String::new(),
+                    };
+                    client
+                        .create_ride(request)
+                        .await
+                        .expect("CreateRide failed");
+                    latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_by(f64::total_cmp);
+    Measured {
+        per_second: all.len() as f64 / elapsed,
+        p50_ms: percentile(&all, 0.5),
+        p99_ms: percentile(&all, 0.99),
+    }
+}
+
+/// The reference: the original's write as a pgbench script, a plain transaction with the two
+/// INSERTs and none of the project's machinery (no group commit, no wake-up), with a random
+/// distance.
+fn pgbench_script() -> String {
+    let [ride, record] = ORIGINAL_RIDE_TRANSACTION;
+    format!(
+        "\\set d random(5, 1000)\nBEGIN;\n{} \\gset\n{};\nCOMMIT;\n",
+        substitute_binds(ride, &[":d"]),
+        substitute_binds(record, &[":id", ":d"]),
+    )
+}
+
+/// `sql` with each bind `$n` replaced by `binds[n - 1]`; panics on a bind with no value or a
+/// value with no bind, so a change to the statement cannot go unnoticed.
+fn substitute_binds(sql: &str, binds: &[&str]) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut used = vec![false; binds.len()];
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let digits = rest[at + 1..]
+            .find(|c: char| !c.is_ascii_digit())
+            .map_or(rest.len() - at - 1, |end| end);
+        let n: usize = rest[at + 1..at + 1 + digits]
+            .parse()
+            .unwrap_or_else(|_| panic!("a '$' that is not a bind in: {sql}"));
+        out.push_str(
+            binds
+                .get(n - 1)
+                .unwrap_or_else(|| panic!("no value for ${n}")),
+        );
+        used[n - 1] = true;
+        rest = &rest[at + 1 + digits..];
+    }
+    out.push_str(rest);
+    assert!(used.iter().all(|u| *u), "unused bind values for: {sql}");
+    out
+}
+
+/// pgbench running the same statement at the same concurrency, latencies from its log.
+fn pgbench_run(sys: &System, callers: usize, secs: u64) -> Measured {
+    let dir = sys
+        .dir()
+        .join(format!("pgbench-{callers}-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("ride.sql");
+    std::fs::write(&script, pgbench_script()).unwrap();
+    let out = Command::new("pgbench")
+        .current_dir(&dir)
+        .args(["-n", "-M", "prepared", "-l", "-c"])
+        .arg(callers.to_string())
+        .args([
+            "-j",
+            &callers.min(2).to_string(),
+            "-T",
+            &secs.to_string(),
+            "-f",
+        ])
+        .arg(&script)
+        .arg(sys.pg.url())
+        .output()
+        .expect("pgbench (from postgresql) is needed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pgbench failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tps: f64 = stdout
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+        .expect("pgbench printed no tps");
+    // Per-transaction log lines: client_id transaction_no latency_us script_no epoch epoch_us.
+    let mut latencies: Vec<f64> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pgbench_log"))
+        .flat_map(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(2)
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map(|us| us / 1000.0)
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    Measured {
+        per_second: tps,
+        p50_ms: percentile(&latencies, 0.5),
+        p99_ms: percentile(&latencies, 0.99),
+    }
+}
+
+/// redis-benchmark's XADD of an entry like the streamer's, pipelined as the streamer does.
+fn xadd_reference(sys: &System) -> f64 {
+    let out = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &sys.redis.port.to_string()])
+        .args([
+            "-n",
+            "200000",
+            "-c",
+            "4",
+            "-P",
+            "250",
+            "-q",
+            "XADD",
+            "bench-stream",
+            "*",
+        ])
+        .args(["seq", "1", "ride_id", "1", "distance", "512.25"])
+        .output()
+        .expect("redis-benchmark (from redis-tools) is needed");
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    let rate = text
+        .lines()
+        .rfind(|l| l.contains("requests per second"))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("redis-benchmark printed no rate: {text}"));
+    let _: () = Command::new("redis-cli")
+        .args(["-p", &sys.redis.port.to_string(), "DEL", "bench-stream"])
+        .output()
+        .map(|_| ())
+        .unwrap();
+    rate
+}
+
+/// Time for a fresh streamer to drain a pre-staged backlog into an empty stream.
+async fn drain_run(sys: &System, backlog: i64) -> f64 {
+    reset_log(sys).await;
+    sqlx::query(
+        "INSERT INTO log_records (ride_id, distance)
+         SELECT g, (5 + g % 995)::numeric FROM generate_series(1, $1) g",
+    )
+    .bind(backlog)
+    .execute(&sys.db)
+    .await
+    .unwrap();
+    let mut streamer = sys.streamer(
+        "bench-streamer",
+        &[("STREAM_MAX_LEN", "10000000"), QUIET[1]],
+    );
+    let started = Instant::now();
+    streamer.start();
+    wait_until("the backlog to drain", Duration::from_secs(600), || async {
+        match sys.staged().await {
+            0 => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await;
+    let rate = backlog as f64 / started.elapsed().as_secs_f64();
+    streamer.stop(libc::SIGTERM, Duration::from_secs(30)).await;
+    rate
+}
+
+/// Time for a new consumer to apply the whole stream left by `drain_run`.
+async fn apply_run(sys: &System, name: &str, backlog: i64) -> f64 {
+    let mut consumer = sys.consumer(name, &[QUIET[1]]);
+    let started = Instant::now();
+    consumer.start();
+    wait_until(
+        "the consumer to apply the stream",
+        Duration::from_secs(600),
+        || async {
+            let seq: Option<i64> =
+                sqlx::query_scalar("SELECT last_seq FROM consumers WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(&sys.db)
+                    .await
+                    .unwrap();
+            match seq {
+                Some(s) if s >= backlog => Ok(()),
+                other => Err(other),
+            }
+        },
+    )
+    .await;
+    let rate = backlog as f64 / started.elapsed().as_secs_f64();
+    consumer.stop(libc::SIGTERM, Duration::from_secs(30)).await;
+    rate
+}
+
+/// Open loop at `rate` rides/s for `secs`; every 10th ride is followed until both consumers'
+/// checkpoints (GetTotal's `last_stream_id`) have passed its stream entry. One task tails the
+/// stream to learn each ride's entry, one polls the consumers every millisecond, so following
+/// adds little load. Returns the latencies (ms) from acknowledgement to counted, sorted.
+async fn end_to_end_run(
+    api: &Api,
+    consumers: &[&Consumer],
+    sys: &System,
+    rate: f64,
+    secs: u64,
+) -> Vec<f64> {
+    let rides = RideServiceClient::new(api.channel().await);
+    let mut totals = Vec::new();
+    for c in consumers {
+        totals.push(ConsumerServiceClient::new(c.channel().await));
+    }
+    // Ride id -> its first entry in the stream; rides followed, with when they were acked.
+    let entries: Arc<Mutex<HashMap<i64, StreamId>>> = Arc::default();
+    let pending: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::default();
+    let done = CancellationToken::new();
+
+    let tail = {
+        let (entries, done) = (entries.clone(), done.clone());
+        let mut redis = sys.redis.connection().await;
+        let mut from = sys.newest_ids(1).await.pop().unwrap_or(StreamId::ZERO);
+        tokio::spawn(async move {
+            while !done.is_cancelled() {
+                let read: Option<StreamReadReply> = redis::cmd("XREAD")
+                    .arg("COUNT")
+                    .arg(1000)
+                    .arg("BLOCK")
+                    .arg(100)
+                    .arg("STREAMS")
+                    .arg(DEFAULT_STREAM)
+                    .arg(from)
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap();
+                let mut entries = entries.lock().await;
+                for entry in Entry::from_read(read).unwrap() {
+                    if let Ok(record) = &entry.record {
+                        entries.entry(record.ride_id).or_insert(entry.id);
+                    }
+                    from = entry.id;
+                }
+            }
+        })
+    };
+    let samples: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let watch = {
+        let (entries, pending, samples, done) = (
+            entries.clone(),
+            pending.clone(),
+            samples.clone(),
+            done.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let mut counted = None::<StreamId>;
+                for total in &mut totals {
+                    let at: StreamId = total
+                        .get_total(GetTotalRequest {})
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .last_stream_id
+                        .parse()
+                        .unwrap();
+                    counted = Some(counted.map_or(at, |c| c.min(at)));
+                }
+                let now = Instant::now();
+                let entries = entries.lock().await;
+                let mut pending = pending.lock().await;
+                let mut samples = samples.lock().await;
+                pending.retain(|(ride, acked)| match (entries.get(ride), counted) {
+                    (Some(entry), Some(counted)) if *entry <= counted => {
+                        samples.push(now.duration_since(*acked).as_secs_f64() * 1000.0);
+                        false
+                    }
+                    _ => true,
+                });
+                drop((entries, pending, samples));
+                if done.is_cancelled() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut calls = Vec::new();
+    let mut n = 0u64;
+    while Instant::now() < end {
+        tick.tick().await;
+        n += 1;
+        let (mut rides, pending) = (rides.clone(), pending.clone());
+        calls.push(tokio::spawn(async move {
+            let request = CreateRideRequest {
+                distance: Some(100.0),
+                idempotency_key: String::new(),
+            };
+            let ride = rides
+                .create_ride(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .ride_id;
+            if n.is_multiple_of(10) {
+                pending.lock().await.push((ride, Instant::now()));
+            }
+        }));
+    }
+    for call in calls {
+        call.await.unwrap();
+    }
+    wait_until(
+        "every followed ride to be counted",
+        Duration::from_secs(60),
+        || async {
+            match pending.lock().await.len() {
+                0 => Ok(()),
+                n => Err(n),
+            }
+        },
+    )
+    .await;
+    done.cancel();
+    tail.await.unwrap();
+    watch.await.unwrap();
+    let mut all = samples.lock().await.clone();
+    all.sort_by(f64::total_cmp);
+    all
+}
+
+/// CreateRide and pgbench at one concurrency (medians of the runs).
+pub struct CreateRideRow {
+    pub callers: usize,
+    pub api: Measured,
+    pub pgbench: Measured,
+}
+
+/// CreateRide closed loop against pgbench running the same statement, at each of `CALLERS`.
+/// The api runs alone (no streamer or consumer), as pgbench does.
+pub async fn create_ride(sys: &System, api: &Api, settings: &Settings) -> Vec<CreateRideRow> {
+    let mut rows = Vec::new();
+    for callers in CALLERS {
+        let mut api_runs = Vec::new();
+        let mut pg_runs = Vec::new();
+        for _ in 0..settings.runs {
+            reset(sys).await;
+            api_runs.push(api_run(api, callers, settings.secs).await);
+            reset(sys).await;
+            pg_runs.push(pgbench_run(sys, callers, settings.secs));
+        }
+        let (a, p) = (median_of(&api_runs), median_of(&pg_runs));
+        eprintln!(
+            "{callers:>3} callers: api {:.0}/s (p50 {:.2} ms, p99 {:.2} ms), pgbench {:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
+            a.per_second, a.p50_ms, a.p99_ms, p.per_second, p.p50_ms, p.p99_ms
+        );
+        rows.push(CreateRideRow {
+            callers,
+            api: a,
+            pgbench: p,
+        });
+    }
+    rows
+}
+
+/// Records per second through each stage (medians), with the reference.
+pub struct Rates {
+    pub drain: f64,
+    pub apply: f64,
+    pub xadd: f64,
+}
+
+/// The streamer draining a backlog into an empty stream, a new consumer applying it, and
+/// redis-benchmark's XADD on the same Redis.
+pub async fn rates(sys: &System, settings: &Settings) -> Rates {
+    let mut drains = Vec::new();
+    let mut applies = Vec::new();
+    for run in 0..settings.runs {
+        drains.push(drain_run(sys, settings.backlog).await);
+        let consumer = format!("bench-consumer-{run}");
+        applies.push(apply_run(sys, &consumer, settings.backlog).await);
+        eprintln!(
+            "drain {:.0} records/s, apply {:.0} records/s",
+            drains[run], applies[run]
+        );
+    }
+    let xadds = (0..settings.runs).map(|_| xadd_reference(sys)).collect();
+    Rates {
+        drain: median(drains),
+        apply: median(applies),
+        xadd: median(xadds),
+    }
+}
+
+/// Acknowledged -> counted by both consumers, at `rate` rides/s (medians of the runs).
+pub struct EndToEnd {
+    pub rate: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// End-to-end latency at `rate` rides/s with a streamer and two consumers running beside `api`.
+pub async fn end_to_end(sys: &System, api: &Api, rate: f64, settings: &Settings) -> EndToEnd {
+    reset_log(sys).await;
+    let mut streamer = sys.streamer("e2e-streamer", &QUIET);
+    let mut c0 = sys.consumer("e2e-consumer0", &QUIET);
+    let mut c1 = sys.consumer("e2e-consumer1", &QUIET);
+    streamer.start_ready().await;
+    c0.start_ready().await;
+    c1.start_ready().await;
+    let mut p50s = Vec::new();
+    let mut p99s = Vec::new();
+    for _ in 0..settings.runs {
+        let samples = end_to_end_run(api, &[&c0, &c1], sys, rate, settings.secs.max(5)).await;
+        p50s.push(percentile(&samples, 0.5));
+        p99s.push(percentile(&samples, 0.99));
+        eprintln!(
+            "end to end at {rate:.0}/s: p50 {:.2} ms, p99 {:.2} ms ({} samples)",
+            p50s.last().unwrap(),
+            p99s.last().unwrap(),
+            samples.len()
+        );
+    }
+    EndToEnd {
+        rate,
+        p50_ms: median(p50s),
+        p99_ms: median(p99s),
+    }
+}

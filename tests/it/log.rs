@@ -1,0 +1,189 @@
+//! The log is never silently wrong, and it can be repaired: Postgres going back in time, Redis
+//! losing its data, a frozen leader, a transaction left open elsewhere, a consumer added late.
+
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use rocket_rides_log::stream::DEFAULT_STREAM;
+use rocket_rides_tests::{ServingStatus, System, wait_until};
+use sqlx::Connection;
+
+use crate::CAUGHT_UP;
+
+/// Runs a repair command and checks that it succeeded.
+fn repair(sys: &System, command: &str) {
+    let out = sys.repair(command);
+    assert!(
+        out.status.success(),
+        "{command} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_restored_from_an_earlier_copy_stops_the_log_until_rewound() {
+    let mut sys = System::start().await;
+    let p = sys.pipeline(&["consumer0", "consumer1"], &[]).await;
+    assert_eq!(p.api.load(100, 4).await, 100);
+    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
+    let copy = sys.pg.snapshot().await;
+    assert_eq!(p.api.load(50, 4).await, 50);
+    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
+
+    // Back in time: the stream holds seqs 101..150 for rides Postgres no longer has, and the
+    // same seqs are given again to new rides.
+    sys.pg.restore(&copy).await;
+    assert_eq!(p.api.load(50, 4).await, 50);
+    for consumer in &p.consumers {
+        consumer.wait_until_status(ServingStatus::NotServing).await;
+        // Stopped at its restored checkpoint: nothing of the old or the new seqs applied.
+        assert_eq!(
+            consumer.total().await.ride_count,
+            100,
+            "{}",
+            consumer.name()
+        );
+    }
+    p.streamer
+        .wait_until_status(ServingStatus::NotServing)
+        .await;
+
+    repair(&sys, "rewind");
+    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
+    assert_eq!(sys.committed().await.rides, 150);
+    for consumer in &p.consumers {
+        consumer.wait_until_status(ServingStatus::Serving).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_left_open_in_another_database_delays_no_ride() {
+    let sys = System::start().await;
+    let p = sys.pipeline(&["consumer0", "consumer1"], &[]).await;
+    // One INSERT in another database, then idle in the transaction: it holds an xid.
+    let mut admin = sqlx::PgConnection::connect(&sys.pg.url_for("postgres"))
+        .await
+        .unwrap();
+    sqlx::query("CREATE DATABASE elsewhere")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let mut idle = sqlx::PgConnection::connect(&sys.pg.url_for("elsewhere"))
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE t (x int)")
+        .execute(&mut idle)
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN; INSERT INTO t VALUES (1)")
+        .execute(&mut idle)
+        .await
+        .unwrap();
+
+    assert_eq!(p.api.load(50, 4).await, 50);
+    // Counted within seconds, not when that transaction ends (it is still open).
+    sys.wait_exact(&p.consumers, Duration::from_secs(5)).await;
+    sqlx::query("ROLLBACK").execute(&mut idle).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_leader_is_replaced_and_fenced() {
+    let sys = System::start().await;
+    let p = sys.pipeline(&["consumer0", "consumer1"], &[]).await;
+    let mut standby = sys.streamer("standby", &[]);
+    standby.start_ready().await;
+    p.streamer.wait_until_leading().await;
+    assert_eq!(p.api.load(50, 4).await, 50);
+    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
+
+    // Frozen, its connections still open (as a hung process or a partition leaves them).
+    p.streamer.signal(libc::SIGSTOP);
+    let frozen_at = Instant::now();
+    let load = tokio::spawn(p.api.load(100, 4));
+    standby.wait_until_leading().await;
+    let took = frozen_at.elapsed();
+    assert!(
+        took < Duration::from_secs(30),
+        "the standby took over after {took:?}"
+    );
+    assert_eq!(load.await.unwrap(), 100);
+    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
+
+    // Woken up, the old leader finds itself fenced: nothing it writes is applied.
+    p.streamer.signal(libc::SIGCONT);
+    p.streamer
+        .wait_metrics("the old leader to know it no longer leads", |m| {
+            match m.get("rocket_rides_streamer_leader", &[]) {
+                Some(0.0) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    assert_eq!(p.api.load(50, 4).await, 50);
+    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
+    assert_eq!(sys.committed().await.rides, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_wiped_stops_the_consumers_until_republished() {
+    let mut sys = System::start().await;
+    let mut p = sys.pipeline(&["consumer0", "consumer1"], &[]).await;
+    assert_eq!(p.api.load(100, 4).await, 100);
+    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
+    // consumer1 is away while 30 more rides pass: it still needs them from the stream.
+    p.consumers[1].terminate().await;
+    assert_eq!(p.api.load(30, 4).await, 30);
+    sys.wait_exact(&p.consumers[..1], CAUGHT_UP).await;
+
+    sys.redis.wipe().await;
+    assert_eq!(p.api.load(20, 4).await, 20);
+    p.consumers[0]
+        .wait_until_status(ServingStatus::NotServing)
+        .await;
+    p.consumers[1].start();
+    p.consumers[1]
+        .wait_until_status(ServingStatus::NotServing)
+        .await;
+    assert_eq!(p.consumers[1].total().await.ride_count, 100);
+
+    repair(&sys, "republish");
+    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
+    assert_eq!(sys.committed().await.rides, 150);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_added_late_catches_up_from_the_archive_and_never_pins_the_stream() {
+    const MAX_LEN: usize = 50;
+    const BATCH: usize = 20;
+    let sys = System::start().await;
+    let env = [("STREAM_MAX_LEN", "50"), ("BATCH_SIZE", "20")];
+    let p = sys.pipeline(&["consumer0"], &env).await;
+    assert_eq!(p.api.load(3 * MAX_LEN, 4).await, 3 * MAX_LEN);
+    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
+
+    let mut late = sys.consumer("late", &env);
+    late.start_ready().await;
+    let load = tokio::spawn(p.api.load(100, 2));
+    // Throughout its catch-up and the new load, the stream stays within its bound (a trim
+    // follows each batch that takes it past STREAM_MAX_LEN).
+    let longest = AtomicUsize::new(0);
+    wait_until("the late consumer to catch up", CAUGHT_UP, || async {
+        longest.fetch_max(sys.stream_len(DEFAULT_STREAM).await, Ordering::Relaxed);
+        match late.try_total().await {
+            Ok(total) if total.ride_count == sys.committed().await.rides && load.is_finished() => {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let longest = longest.into_inner();
+    assert!(
+        longest <= MAX_LEN + BATCH,
+        "the stream reached {longest} entries"
+    );
+    sys.wait_exact([&p.consumers[0], &late], CAUGHT_UP).await;
+}
