@@ -2,8 +2,8 @@
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
-use rocket_rides_proto::v1::CreateRideRequest;
-use rocket_rides_tests::System;
+use rocket_rides_proto::v1::{CreateRideRequest, CreateRideResponse};
+use rocket_rides_tests::{Api, System};
 use tonic::Code;
 
 /// Rows written so far: rides, and their staged log records (no streamer runs to drain them).
@@ -159,6 +159,148 @@ fn run_grpcurl(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// Calls made at once, so that they land in one group commit (the api waits up to
+/// `BATCH_MAX_WAIT_MS` for more, with a single writer).
+async fn all_at_once(
+    api: &Api,
+    calls: Vec<CreateRideRequest>,
+) -> Vec<Result<CreateRideResponse, tonic::Status>> {
+    let client = api.client().await;
+    let calls = calls.into_iter().map(|request| {
+        let mut client = client.clone();
+        tokio::spawn(async move { client.create_ride(request).await.map(|r| r.into_inner()) })
+    });
+    let mut answers = Vec::new();
+    for call in calls.collect::<Vec<_>>() {
+        answers.push(call.await.unwrap());
+    }
+    answers
+}
+
+const ONE_BATCH: [(&str, &str); 2] = [("BATCH_MAX_WAIT_MS", "500"), ("WRITERS", "1")];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_in_one_group_commit_keep_their_own_outcomes() {
+    let sys = System::start().await;
+    let mut api = sys.api(&ONE_BATCH);
+    api.start_ready().await;
+    let first = api.create_ride(ride(Some(10.0), "k")).await.unwrap();
+
+    let answers = all_at_once(
+        &api,
+        vec![
+            ride(Some(10.0), "k"),  // a retry of the first: its ride
+            ride(Some(20.0), "k"),  // the key reused with another distance: fails alone
+            ride(Some(5.0), "new"), // two calls with one new key: one ride
+            ride(Some(5.0), "new"),
+            ride(Some(7.0), ""), // plain rides
+            ride(Some(7.0), ""),
+        ],
+    )
+    .await;
+    assert_eq!(answers[0].as_ref().unwrap().ride_id, first.ride_id);
+    assert_eq!(
+        answers[1].as_ref().unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    let new = (answers[2].as_ref().unwrap(), answers[3].as_ref().unwrap());
+    assert_eq!(new.0.ride_id, new.1.ride_id, "one key, one ride");
+    let plain = (answers[4].as_ref().unwrap(), answers[5].as_ref().unwrap());
+    assert_ne!(plain.0.ride_id, plain.1.ride_id);
+    assert_eq!(
+        written(&sys).await,
+        Written {
+            rides: 4,
+            staged: 4
+        }
+    );
+    // They really were written together.
+    let metrics = api.metrics().await.unwrap();
+    let count = metrics
+        .get("rocket_rides_api_batch_size_count", &[])
+        .unwrap();
+    assert!(count < 7.0, "7 calls took {count} group commits");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_group_commit_fails_exactly_its_calls_and_writes_nothing() {
+    let sys = System::start().await;
+    let mut api = sys.api(&ONE_BATCH);
+    api.start_ready().await;
+    // A database that refuses one ride makes its whole statement fail.
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.distance = 666 THEN RAISE EXCEPTION 'refused'; END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON rides FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .execute(&sys.db)
+    .await
+    .unwrap();
+
+    let answers = all_at_once(&api, vec![ride(Some(666.0), ""), ride(Some(1.0), "a")]).await;
+    for answer in &answers {
+        assert_eq!(
+            answer.as_ref().unwrap_err().code(),
+            Code::Unavailable,
+            "{answer:?}"
+        );
+    }
+    assert_eq!(
+        written(&sys).await,
+        Written {
+            rides: 0,
+            staged: 0
+        }
+    );
+    // The next group commit is not affected, and a retry with the key is safe.
+    api.create_ride(ride(Some(1.0), "a")).await.unwrap();
+    assert_eq!(
+        written(&sys).await,
+        Written {
+            rides: 1,
+            staged: 1
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overload_is_shed_at_once_and_every_acknowledged_ride_is_kept() {
+    let sys = System::start().await;
+    let env = [
+        ("MAX_PENDING_RIDES", "4"),
+        ("WRITERS", "1"),
+        ("BATCH_MAX_RIDES", "1"),
+    ];
+    let mut api = sys.api(&env);
+    api.start_ready().await;
+    // A slow database: each ride takes 50 ms to write.
+    sqlx::raw_sql(
+        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_sleep(0.05); RETURN NEW; END $$;
+         CREATE TRIGGER slow BEFORE INSERT ON rides FOR EACH ROW EXECUTE FUNCTION slow();",
+    )
+    .execute(&sys.db)
+    .await
+    .unwrap();
+
+    let answers = all_at_once(&api, (0..40).map(|_| ride(Some(3.0), "")).collect()).await;
+    let acknowledged = answers.iter().filter(|a| a.is_ok()).count() as i64;
+    let shed = answers
+        .iter()
+        .filter(|a| matches!(a, Err(s) if s.code() == Code::ResourceExhausted))
+        .count();
+    assert!(shed > 0, "nothing was shed: {answers:?}");
+    assert_eq!(
+        acknowledged as usize + shed,
+        40,
+        "only sheds fail: {answers:?}"
+    );
+    assert_eq!(written(&sys).await.rides, acknowledged);
 }
 
 #[tokio::test(flavor = "multi_thread")]

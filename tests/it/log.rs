@@ -7,10 +7,23 @@ use std::{
 };
 
 use rocket_rides_log::stream::DEFAULT_STREAM;
-use rocket_rides_tests::{ServingStatus, System, wait_until};
+use rocket_rides_tests::{Kind, Service, ServingStatus, System, wait_until};
 use sqlx::Connection;
 
 use crate::CAUGHT_UP;
+
+/// Waits until `service` says, by the gauge `metric`, that it halted (not merely that a
+/// dependency is down, which also makes it NOT_SERVING).
+async fn halted<K: Kind>(service: &Service<K>, metric: &str, labels: &[(&str, &str)]) {
+    service
+        .wait_metrics(&format!("{} to halt", service.name()), |m| {
+            match m.get(metric, labels) {
+                Some(1.0) => Ok(()),
+                other => Err(format!("{metric} = {other:?}")),
+            }
+        })
+        .await;
+}
 
 /// Runs a repair command and checks that it succeeded.
 fn repair(sys: &System, command: &str) {
@@ -38,6 +51,8 @@ async fn postgres_restored_from_an_earlier_copy_stops_the_log_until_rewound() {
     sys.pg.restore(&copy).await;
     assert_eq!(p.api.load(50, 4).await, 50);
     for consumer in &p.consumers {
+        let labels = [("consumer", consumer.name())];
+        halted(consumer, "rocket_rides_consumer_gap", &labels).await;
         consumer.wait_until_status(ServingStatus::NotServing).await;
         // Stopped at its restored checkpoint: nothing of the old or the new seqs applied.
         assert_eq!(
@@ -47,6 +62,7 @@ async fn postgres_restored_from_an_earlier_copy_stops_the_log_until_rewound() {
             consumer.name()
         );
     }
+    halted(&p.streamer, "rocket_rides_streamer_halted", &[]).await;
     p.streamer
         .wait_until_status(ServingStatus::NotServing)
         .await;
@@ -140,13 +156,12 @@ async fn redis_wiped_stops_the_consumers_until_republished() {
 
     sys.redis.wipe().await;
     assert_eq!(p.api.load(20, 4).await, 20);
-    p.consumers[0]
-        .wait_until_status(ServingStatus::NotServing)
-        .await;
     p.consumers[1].start();
-    p.consumers[1]
-        .wait_until_status(ServingStatus::NotServing)
-        .await;
+    for consumer in &p.consumers {
+        let labels = [("consumer", consumer.name())];
+        halted(consumer, "rocket_rides_consumer_gap", &labels).await;
+        consumer.wait_until_status(ServingStatus::NotServing).await;
+    }
     assert_eq!(p.consumers[1].total().await.ride_count, 100);
 
     repair(&sys, "republish");

@@ -12,11 +12,14 @@ use sqlx::PgPool;
 /// How long a lease lasts without renewal: the time a standby waits for a dead leader.
 pub const LEASE: Duration = Duration::from_secs(10);
 
-/// This replica's leadership, while it lasts.
+/// This replica's leadership, while it lasts. It also ends when Postgres restarts (`server`
+/// is the postmaster's start time): a restart may be a restore or a failover to an older
+/// state, so the next leadership takes a new epoch.
 #[derive(Debug, Clone)]
 pub struct Lease {
     pub holder: String,
     pub epoch: i64,
+    pub server: String,
 }
 
 /// Takes the lease if it is free or expired, with an epoch above both the head's and
@@ -27,22 +30,23 @@ pub async fn acquire(
     holder: &str,
     seen_epoch: i64,
 ) -> Result<Option<Lease>, sqlx::Error> {
-    let epoch: Option<i64> = sqlx::query_scalar(
+    let taken: Option<(i64, String)> = sqlx::query_as(
         "UPDATE log_head SET
             leader = $1,
             lease_until = now() + make_interval(secs => $2),
             epoch = GREATEST(epoch, $3) + 1
          WHERE leader IS NULL OR leader = $1 OR lease_until < now()
-         RETURNING epoch",
+         RETURNING epoch, pg_postmaster_start_time()::text",
     )
     .bind(holder)
     .bind(LEASE.as_secs_f64())
     .bind(seen_epoch)
     .fetch_optional(pool)
     .await?;
-    Ok(epoch.map(|epoch| Lease {
+    Ok(taken.map(|(epoch, server)| Lease {
         holder: holder.to_string(),
         epoch,
+        server,
     }))
 }
 

@@ -44,12 +44,14 @@ const REMIND: Duration = Duration::from_secs(30);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Numbers up to `$3` staged records after the head's `last_seq`, renewing the lease; fenced:
-/// nothing happens unless `$1` still holds the lease at epoch `$2`. Returns the new `last_seq`
+/// nothing happens unless `$1` still holds the lease at epoch `$2`, on the Postgres server it
+/// took it on (`$5`, its start time). Returns the new `last_seq`
 /// and how many were numbered, or no row when the lease is lost.
 const NUMBER: &str = "
     WITH head AS (
         SELECT last_seq FROM log_head
         WHERE leader = $1 AND epoch = $2 AND lease_until > now()
+            AND pg_postmaster_start_time()::text = $5
         FOR UPDATE
     ), picked AS (
         SELECT id, row_number() OVER (ORDER BY id) AS n
@@ -70,7 +72,7 @@ const NUMBER: &str = "
 /// Records that Redis holds the log up to `$3`; fenced like `NUMBER`.
 const STREAMED: &str = "
     UPDATE log_head SET streamed_seq = GREATEST(streamed_seq, $3)
-    WHERE leader = $1 AND epoch = $2";
+    WHERE leader = $1 AND epoch = $2 AND pg_postmaster_start_time()::text = $4";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -263,6 +265,7 @@ impl Streamer {
             .bind(lease.epoch)
             .bind(i64::from(self.config.batch_size))
             .bind(LEASE.as_secs_f64())
+            .bind(&lease.server)
             .fetch_optional(&self.pool)
             .instrument(spans::postgres("UPDATE log_records, log_head (number)"))
             .await?;
@@ -437,6 +440,7 @@ impl Streamer {
             .bind(&lease.holder)
             .bind(lease.epoch)
             .bind(upto)
+            .bind(&lease.server)
             .execute(&self.pool)
             .await?
             .rows_affected();
