@@ -40,7 +40,8 @@ soak: deps build
 	SOAK_SECONDS=$${SOAK_SECONDS:-600} cargo test -p rocket-rides-tests --locked --test it soak:: -- --nocapture
 
 # Benchmarks against pgbench and redis-benchmark on the same servers; report in target/bench/.
-bench: deps
+bench:
+	bash deploy/local/install-deps.sh bench
 	cargo build --release --bins --locked
 	ROCKET_RIDES_BIN_DIR=$(CURDIR)/target/release cargo bench -p rocket-rides-tests --locked --bench pipeline
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make up` and `make test` run against, when missing: PostgreSQL and Redis from
-# Debian's packages. Everything else is built by cargo or installed into .venv by the Makefile.
+# Debian's packages; with `bench`, also h2load (nghttp2-client) for `make bench`. Everything
+# else is built by cargo or installed into .venv by the Makefile.
 set -euo pipefail
 
 missing=()
@@ -8,6 +9,9 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+if [ "${1:-}" = bench ]; then
+  command -v h2load >/dev/null || missing+=(nghttp2-client)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "installing ${missing[*]} with apt-get" >&2

@@ -1,10 +1,12 @@
 //! `make bench`: how fast the pipeline is next to what its parts can do on this machine, with
 //! production durability. `measure` runs the measurements against references on the same
-//! Postgres and Redis (pgbench running the API's own SQL, redis-benchmark's XADD); `report`
+//! Postgres and Redis (pgbench running the original's plain transaction, h2load as an
+//! independent client, redis-benchmark's XADD); `report`
 //! writes target/bench/report.md with SVG charts beside it. `BENCH_SECONDS`, `BENCH_RUNS` and
 //! `BENCH_BACKLOG` shorten or lengthen it (see `measure::Settings`).
 
 mod chart;
+mod cpu;
 mod measure;
 mod report;
 
@@ -29,12 +31,17 @@ async fn main() {
         .map(|r| r.api.per_second)
         .fold(0.0, f64::max);
     let end_to_end = measure::end_to_end(&sys, &api, best / 2.0, &settings).await;
+    // A steady moderate load, where per-record costs used to be high.
+    let steady = measure::end_to_end(&sys, &api, 1000.0, &settings).await;
+    let overload = measure::overload(&sys, &api, 1000, settings.secs.max(10)).await;
 
     let results = Results {
         settings,
         create_ride,
         rates,
         end_to_end,
+        steady,
+        overload,
     };
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     println!("{}", report::write(&results, &dir));

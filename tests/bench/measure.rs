@@ -1,5 +1,7 @@
-//! The measurements: CreateRide against pgbench running the original's plain transaction, the streamer's
-//! drain and a consumer's apply rate against redis-benchmark's XADD, and end-to-end latency.
+//! The measurements: CreateRide (from our client and from h2load) against pgbench running the
+//! original's plain transaction, with CPU per ride; the api under 1,000 callers; the streamer's
+//! drain and a consumer's apply rate against redis-benchmark's XADD; end-to-end latency and CPU
+//! per record.
 //! Each figure is the median of repeated runs in this one process, on the same Postgres and
 //! Redis. Reporting is `report`'s job.
 
@@ -17,6 +19,9 @@ use rocket_rides_proto::v1::{
     ride_service_client::RideServiceClient,
 };
 use rocket_rides_tests::{Api, Consumer, System, wait_until};
+use tonic::Code;
+
+use crate::cpu;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -475,34 +480,246 @@ async fn end_to_end_run(
 pub struct CreateRideRow {
     pub callers: usize,
     pub api: Measured,
+    /// The same calls from h2load, an independent HTTP/2 load generator.
+    pub h2load: Measured,
     pub pgbench: Measured,
+    /// CPU per ride, microseconds: the api, and Postgres serving it; Postgres per pgbench
+    /// transaction.
+    pub api_cpu_us: f64,
+    pub postgres_cpu_us: f64,
+    pub pgbench_postgres_cpu_us: f64,
 }
 
-/// CreateRide closed loop against pgbench running the same statement, at each of `CALLERS`.
-/// The api runs alone (no streamer or consumer), as pgbench does.
+/// CPU seconds used by `pids` while `run` runs, with its result.
+async fn with_cpu<T>(pids: &[u32], run: impl Future<Output = T>) -> (T, f64) {
+    let before = cpu::used(pids);
+    let result = run.await;
+    (result, cpu::used(pids) - before)
+}
+
+/// CreateRide closed loop, from our client and from h2load, against pgbench running the
+/// original's transaction, at each of `CALLERS`. The api runs alone (no streamer or consumer),
+/// as pgbench does.
 pub async fn create_ride(sys: &System, api: &Api, settings: &Settings) -> Vec<CreateRideRow> {
+    let api_pid = api.pid().expect("the api runs");
+    let postgres = cpu::family(sys.pg.pid().expect("Postgres runs"));
     let mut rows = Vec::new();
     for callers in CALLERS {
-        let mut api_runs = Vec::new();
-        let mut pg_runs = Vec::new();
+        let (mut api_runs, mut h2_runs, mut pg_runs) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut api_cpu, mut pg_cpu, mut ref_cpu) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..settings.runs {
             reset(sys).await;
-            api_runs.push(api_run(api, callers, settings.secs).await);
+            let postgres = cpu::family(sys.pg.pid().unwrap());
+            let before = (cpu::used(&[api_pid]), cpu::used(&postgres));
+            let measured = api_run(api, callers, settings.secs).await;
+            let rides = measured.per_second * settings.secs as f64;
+            api_cpu.push((cpu::used(&[api_pid]) - before.0) / rides * 1e6);
+            pg_cpu.push((cpu::used(&postgres) - before.1) / rides * 1e6);
+            api_runs.push(measured);
             reset(sys).await;
-            pg_runs.push(pgbench_run(sys, callers, settings.secs));
+            h2_runs.push(h2load_run(sys, api, callers, settings.secs).await);
+            reset(sys).await;
+            let (measured, used) = with_cpu(&postgres, async {
+                pgbench_run(sys, callers, settings.secs)
+            })
+            .await;
+            ref_cpu.push(used / (measured.per_second * settings.secs as f64) * 1e6);
+            pg_runs.push(measured);
         }
-        let (a, p) = (median_of(&api_runs), median_of(&pg_runs));
+        let (a, h, p) = (
+            median_of(&api_runs),
+            median_of(&h2_runs),
+            median_of(&pg_runs),
+        );
         eprintln!(
-            "{callers:>3} callers: api {:.0}/s (p50 {:.2} ms, p99 {:.2} ms), pgbench {:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
-            a.per_second, a.p50_ms, a.p99_ms, p.per_second, p.p50_ms, p.p99_ms
+            "{callers:>3} callers: api {:.0}/s (p50 {:.2} ms, p99 {:.2} ms), h2load {:.0}/s (p99 {:.2} ms), pgbench {:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
+            a.per_second,
+            a.p50_ms,
+            a.p99_ms,
+            h.per_second,
+            h.p99_ms,
+            p.per_second,
+            p.p50_ms,
+            p.p99_ms
         );
         rows.push(CreateRideRow {
             callers,
             api: a,
+            h2load: h,
             pgbench: p,
+            api_cpu_us: median(api_cpu),
+            postgres_cpu_us: median(pg_cpu),
+            pgbench_postgres_cpu_us: median(ref_cpu),
         });
     }
+    drop(postgres);
     rows
+}
+
+/// CreateRide as h2load sends it: a gRPC frame (no compression, length) around the protobuf
+/// of `{distance: 12.5}` (field 1, a double), built by hand.
+fn grpc_body() -> Vec<u8> {
+    let mut message = vec![0x09];
+    message.extend_from_slice(&12.5f64.to_le_bytes());
+    let mut body = vec![0];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    body
+}
+
+async fn rides(sys: &System) -> i64 {
+    sys.committed().await.rides
+}
+
+/// h2load, closed loop with `callers` connections of one stream each, for `secs`. It counts
+/// HTTP statuses only (a gRPC error is an HTTP 200), so what succeeded is counted in the
+/// database; latencies come from its per-request log.
+async fn h2load_run(sys: &System, api: &Api, callers: usize, secs: u64) -> Measured {
+    let dir = sys
+        .dir()
+        .join(format!("h2load-{callers}-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = dir.join("body");
+    std::fs::write(&body, grpc_body()).unwrap();
+    let log = dir.join("requests.log");
+    let before = rides(sys).await;
+    let out = Command::new("h2load")
+        .args([
+            "-D",
+            &secs.to_string(),
+            "-c",
+            &callers.to_string(),
+            "-m",
+            "1",
+            "-t",
+            "1",
+        ])
+        .arg("-d")
+        .arg(&body)
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .arg(format!("--log-file={}", log.display()))
+        .arg(format!(
+            "{}/rocketrides.v1.RideService/CreateRide",
+            api.url()
+        ))
+        .output()
+        .expect("h2load (Debian nghttp2-client) is needed");
+    assert!(
+        out.status.success(),
+        "h2load failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created = rides(sys).await - before;
+    // Log lines: start time (us since the epoch), HTTP status, duration (us).
+    let mut latencies: Vec<f64> = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split('\t').nth(2)?.parse::<f64>().ok())
+        .map(|us| us / 1000.0)
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    Measured {
+        per_second: created as f64 / secs as f64,
+        p50_ms: percentile(&latencies, 0.5),
+        p99_ms: percentile(&latencies, 0.99),
+    }
+}
+
+/// The api past its capacity: how it answers, and what it keeps.
+pub struct Overload {
+    pub callers: usize,
+    pub acknowledged: usize,
+    pub shed: usize,
+    pub other: usize,
+    pub p99_acknowledged_ms: f64,
+    pub p99_shed_ms: f64,
+    pub rss_peak_mib: f64,
+    /// Every acknowledged ride is in the database.
+    pub all_kept: bool,
+}
+
+/// `callers` closed-loop callers for `secs` (a shed call is retried after 10 ms).
+pub async fn overload(sys: &System, api: &Api, callers: usize, secs: u64) -> Overload {
+    reset(sys).await;
+    let api_pid = api.pid().expect("the api runs");
+    let channel = api.channel().await;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let rss = tokio::spawn(async move {
+        let mut peak: f64 = 0.0;
+        while Instant::now() < deadline {
+            peak = peak.max(cpu::rss_mib(api_pid));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        peak
+    });
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let mut client = RideServiceClient::new(channel.clone());
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                while Instant::now() < deadline {
+                    let started = Instant::now();
+                    let request = CreateRideRequest {
+                        distance: Some(12.5),
+                        idempotency_key: String::new(),
+                    };
+                    let code = match client.create_ride(request).await {
+                        Ok(_) => Code::Ok,
+                        Err(status) => status.code(),
+                    };
+                    answers.push((code, started.elapsed().as_secs_f64() * 1000.0));
+                    if code != Code::Ok {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                answers
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.extend(task.await.unwrap());
+    }
+    let latencies = |code: Code| {
+        let mut l: Vec<f64> = answers
+            .iter()
+            .filter(|(c, _)| *c == code)
+            .map(|(_, ms)| *ms)
+            .collect();
+        l.sort_by(f64::total_cmp);
+        l
+    };
+    let (ok, shed) = (latencies(Code::Ok), latencies(Code::ResourceExhausted));
+    let result = Overload {
+        callers,
+        acknowledged: ok.len(),
+        shed: shed.len(),
+        other: answers.len() - ok.len() - shed.len(),
+        p99_acknowledged_ms: if ok.is_empty() {
+            0.0
+        } else {
+            percentile(&ok, 0.99)
+        },
+        p99_shed_ms: if shed.is_empty() {
+            0.0
+        } else {
+            percentile(&shed, 0.99)
+        },
+        rss_peak_mib: rss.await.unwrap(),
+        all_kept: rides(sys).await == ok.len() as i64,
+    };
+    eprintln!(
+        "{callers} callers: {} acknowledged (p99 {:.0} ms), {} shed (p99 {:.0} ms), {} other; api RSS peak {:.0} MiB; all kept: {}",
+        result.acknowledged,
+        result.p99_acknowledged_ms,
+        result.shed,
+        result.p99_shed_ms,
+        result.other,
+        result.rss_peak_mib,
+        result.all_kept
+    );
+    result
 }
 
 /// Records per second through each stage (medians), with the reference.
@@ -534,11 +751,14 @@ pub async fn rates(sys: &System, settings: &Settings) -> Rates {
     }
 }
 
-/// Acknowledged -> counted by both consumers, at `rate` rides/s (medians of the runs).
+/// Acknowledged -> counted by both consumers, at `rate` rides/s (medians of the runs), and
+/// CPU per record of the streamer and of each consumer, microseconds.
 pub struct EndToEnd {
     pub rate: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    pub streamer_cpu_us: f64,
+    pub consumer_cpu_us: f64,
 }
 
 /// End-to-end latency at `rate` rides/s with a streamer and two consumers running beside `api`.
@@ -552,8 +772,18 @@ pub async fn end_to_end(sys: &System, api: &Api, rate: f64, settings: &Settings)
     c1.start_ready().await;
     let mut p50s = Vec::new();
     let mut p99s = Vec::new();
+    let (mut streamer_cpu, mut consumer_cpu) = (Vec::new(), Vec::new());
+    let pids = |s: Option<u32>| vec![s.expect("running")];
     for _ in 0..settings.runs {
+        let before = (
+            rides(sys).await,
+            cpu::used(&pids(streamer.pid())),
+            cpu::used(&pids(c0.pid())),
+        );
         let samples = end_to_end_run(api, &[&c0, &c1], sys, rate, settings.secs.max(5)).await;
+        let records = (rides(sys).await - before.0) as f64;
+        streamer_cpu.push((cpu::used(&pids(streamer.pid())) - before.1) / records * 1e6);
+        consumer_cpu.push((cpu::used(&pids(c0.pid())) - before.2) / records * 1e6);
         p50s.push(percentile(&samples, 0.5));
         p99s.push(percentile(&samples, 0.99));
         eprintln!(
@@ -567,5 +797,7 @@ pub async fn end_to_end(sys: &System, api: &Api, rate: f64, settings: &Settings)
         rate,
         p50_ms: median(p50s),
         p99_ms: median(p99s),
+        streamer_cpu_us: median(streamer_cpu),
+        consumer_cpu_us: median(consumer_cpu),
     }
 }

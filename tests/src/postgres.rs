@@ -138,7 +138,9 @@ impl Postgres {
         self.process
             .stop(libc::SIGINT, Duration::from_secs(30))
             .await;
-        let copy = self.data.with_extension("snapshot");
+        let copy = self
+            .data
+            .with_extension(format!("snapshot-{}", rand::random::<u32>()));
         copy_dir(&self.data, &copy);
         self.run().await;
         copy
@@ -155,6 +157,11 @@ impl Postgres {
 
     pub fn data_dir(&self) -> &Path {
         &self.data
+    }
+
+    /// The postmaster's process id (its backends are its children).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
     }
 }
 

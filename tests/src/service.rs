@@ -104,7 +104,12 @@ impl<K: Kind> Service<K> {
 
     /// Sends `signal` to the running process (e.g. SIGSTOP to freeze it).
     pub fn signal(&self, signal: i32) {
-        crate::signal(self.process.pid().expect("the process runs"), signal);
+        crate::signal(self.pid().expect("the process runs"), signal);
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
     }
 
     /// `host:port` of its gRPC server.

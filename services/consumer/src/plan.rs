@@ -100,15 +100,9 @@ pub fn plan(last_seq: i64, entries: &[Entry], archived: &[LogRecord], archived_u
                 plan.halt = Some(Halt::Diverged {
                     seq,
                     reason: format!(
-                        "the stream has ride {} ({} m, epoch {}, log {}), the archive ride {} ({} m, epoch {}, log {})",
-                        record.ride_id,
-                        record.distance,
-                        record.epoch,
-                        record.log,
-                        kept.ride_id,
-                        kept.distance,
-                        kept.epoch,
-                        kept.log,
+                        "the stream has {}, the archive {}",
+                        record.describe(),
+                        kept.describe()
                     ),
                 });
                 return plan;

@@ -65,6 +65,14 @@ impl LogRecord {
         fields
     }
 
+    /// How the record reads in an error message: ride, distance, epoch and log.
+    pub fn describe(&self) -> String {
+        format!(
+            "ride {} ({} m, epoch {}, log {})",
+            self.ride_id, self.distance, self.epoch, self.log
+        )
+    }
+
     /// Whether `other` is the same record (the trace context aside, which each hop rewrites).
     pub fn same_as(&self, other: &LogRecord) -> bool {
         self.log == other.log

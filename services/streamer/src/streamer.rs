@@ -337,15 +337,9 @@ impl Streamer {
                     (Err(e), _) => Some(format!("the entry is unreadable: {e}")),
                     (Ok(_), None) => Some("the archive has no such record".to_string()),
                     (Ok(record), Some(kept)) if !record.same_as(&kept) => Some(format!(
-                        "stream has ride {} ({} m, epoch {}, log {}), archive has ride {} ({} m, epoch {}, log {})",
-                        record.ride_id,
-                        record.distance,
-                        record.epoch,
-                        record.log,
-                        kept.ride_id,
-                        kept.distance,
-                        kept.epoch,
-                        kept.log
+                        "the stream has {}, the archive {}",
+                        record.describe(),
+                        kept.describe()
                     )),
                     _ => None,
                 };
