@@ -1,7 +1,8 @@
 //! CPU time of processes, from /proc: what a stage costs per ride or record.
 
-/// User + system CPU seconds `pid` has used so far (0 once it is gone).
-fn cpu_seconds(pid: u32) -> f64 {
+/// User + system CPU seconds `pid` has used so far (0 once it is gone); with `reaped`, also
+/// what its children that have exited used.
+fn cpu_seconds(pid: u32, reaped: bool) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
@@ -17,10 +18,11 @@ fn cpu_seconds(pid: u32) -> f64 {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    // utime, stime, cutime, cstime are fields 14 to 17 of stat, 12 to 15 after the name.
     // SAFETY: sysconf has no preconditions.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / per_second
+    let children = if reaped { ticks(13) + ticks(14) } else { 0.0 };
+    (ticks(11) + ticks(12) + children) / per_second
 }
 
 /// The parent of `pid`.
@@ -34,22 +36,23 @@ fn parent(pid: u32) -> Option<u32> {
         .ok()
 }
 
-/// `pid` and its children (Postgres' postmaster and its backends).
-pub fn family(pid: u32) -> Vec<u32> {
-    let mut pids = vec![pid];
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        if let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>()
-            && parent(child) == Some(pid)
-        {
-            pids.push(child);
-        }
-    }
-    pids
+/// CPU seconds used by `pid` and all its children, living and exited (Postgres' postmaster
+/// and its backends, which come and go with connections).
+pub fn family_used(pid: u32) -> f64 {
+    let living: f64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|child| parent(*child) == Some(pid))
+        .map(|child| cpu_seconds(child, false))
+        .sum();
+    cpu_seconds(pid, true) + living
 }
 
 /// CPU seconds used by `pids`, summed.
 pub fn used(pids: &[u32]) -> f64 {
-    pids.iter().map(|p| cpu_seconds(*p)).sum()
+    pids.iter().map(|p| cpu_seconds(*p, false)).sum()
 }
 
 /// Resident memory of `pid`, in MiB.

@@ -490,39 +490,30 @@ pub struct CreateRideRow {
     pub pgbench_postgres_cpu_us: f64,
 }
 
-/// CPU seconds used by `pids` while `run` runs, with its result.
-async fn with_cpu<T>(pids: &[u32], run: impl Future<Output = T>) -> (T, f64) {
-    let before = cpu::used(pids);
-    let result = run.await;
-    (result, cpu::used(pids) - before)
-}
-
 /// CreateRide closed loop, from our client and from h2load, against pgbench running the
 /// original's transaction, at each of `CALLERS`. The api runs alone (no streamer or consumer),
 /// as pgbench does.
 pub async fn create_ride(sys: &System, api: &Api, settings: &Settings) -> Vec<CreateRideRow> {
     let api_pid = api.pid().expect("the api runs");
-    let postgres = cpu::family(sys.pg.pid().expect("Postgres runs"));
+    let postgres = sys.pg.pid().expect("Postgres runs");
     let mut rows = Vec::new();
     for callers in CALLERS {
         let (mut api_runs, mut h2_runs, mut pg_runs) = (Vec::new(), Vec::new(), Vec::new());
         let (mut api_cpu, mut pg_cpu, mut ref_cpu) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..settings.runs {
             reset(sys).await;
-            let postgres = cpu::family(sys.pg.pid().unwrap());
-            let before = (cpu::used(&[api_pid]), cpu::used(&postgres));
+            let before = (cpu::used(&[api_pid]), cpu::family_used(postgres));
             let measured = api_run(api, callers, settings.secs).await;
             let rides = measured.per_second * settings.secs as f64;
             api_cpu.push((cpu::used(&[api_pid]) - before.0) / rides * 1e6);
-            pg_cpu.push((cpu::used(&postgres) - before.1) / rides * 1e6);
+            pg_cpu.push((cpu::family_used(postgres) - before.1) / rides * 1e6);
             api_runs.push(measured);
             reset(sys).await;
             h2_runs.push(h2load_run(sys, api, callers, settings.secs).await);
             reset(sys).await;
-            let (measured, used) = with_cpu(&postgres, async {
-                pgbench_run(sys, callers, settings.secs)
-            })
-            .await;
+            let before = cpu::family_used(postgres);
+            let measured = pgbench_run(sys, callers, settings.secs);
+            let used = cpu::family_used(postgres) - before;
             ref_cpu.push(used / (measured.per_second * settings.secs as f64) * 1e6);
             pg_runs.push(measured);
         }
@@ -552,7 +543,6 @@ pub async fn create_ride(sys: &System, api: &Api, settings: &Settings) -> Vec<Cr
             pgbench_postgres_cpu_us: median(ref_cpu),
         });
     }
-    drop(postgres);
     rows
 }
 

@@ -34,6 +34,9 @@ pub struct Config {
     /// `LOG_RETENTION`: how long the archive keeps streamed records (default 7d); a partition
     /// is dropped once all its records are older and no unexpired consumer needs them.
     pub log_retention: Duration,
+    /// `PROGRESS_TIMEOUT`: failing this long (leading or standing by) makes the streamer report
+    /// NOT_SERVING until it gets through again (default 30s).
+    pub progress_timeout: Duration,
 }
 
 impl Config {
@@ -51,6 +54,7 @@ impl Config {
             double_send_rate: vars.rate("DOUBLE_SEND_RATE")?,
             consumer_expiry: vars.duration("CONSUMER_EXPIRY", Duration::from_secs(86_400))?,
             log_retention: vars.duration("LOG_RETENTION", Duration::from_secs(7 * 86_400))?,
+            progress_timeout: vars.duration("PROGRESS_TIMEOUT", Duration::from_secs(30))?,
         })
     }
 }

@@ -1,5 +1,6 @@
 //! Gauges measured once a second from the outside of the pipeline, so they keep moving when a
-//! consumer is down: the staged backlog and its oldest record's age, the stream's length, and
+//! consumer is down: the staged backlog and its oldest record's age, the archive's age, the
+//! stream's length, and
 //! each registered consumer's lag, in records and in seconds (how long ago the record after its
 //! checkpoint was numbered), and whether it has expired.
 
@@ -16,6 +17,11 @@ const EVERY: Duration = Duration::from_secs(1);
 const STAGED: &str = "
     SELECT count(*), COALESCE(EXTRACT(epoch FROM now() - min(created_at)), 0)::float8
     FROM log_records WHERE seq IS NULL";
+
+/// Age of the archive's oldest record (what a republish or a late consumer can still reach).
+const ARCHIVE_AGE: &str = "
+    SELECT COALESCE(EXTRACT(epoch FROM now() - numbered_at)::float8, 0) FROM log_records
+    WHERE seq = (SELECT min(seq) FROM log_records)";
 
 const CONSUMERS: &str = "
     SELECT c.name,
@@ -57,6 +63,8 @@ async fn measure(
     let (staged, oldest): (i64, f64) = sqlx::query_as(STAGED).fetch_one(pool).await?;
     metrics.staged.set(staged as f64);
     metrics.oldest_staged.set(oldest);
+    let archive_age: Option<f64> = sqlx::query_scalar(ARCHIVE_AGE).fetch_optional(pool).await?;
+    metrics.archive_age.set(archive_age.unwrap_or(0.0));
     let len: u64 = redis::cmd("XLEN").arg(stream).query_async(redis).await?;
     metrics.stream_length.set(len as f64);
 

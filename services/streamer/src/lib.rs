@@ -72,6 +72,7 @@ pub async fn run(
         redis,
         metrics,
         sound,
+        progress: std::time::Instant::now(),
     };
     runner.spawn_worker("streamer", streamer.run(runner.cancel()));
     let result = runner.run().await;

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub halted: Gauge,
     /// `rocket_rides_oldest_staged_seconds`: age of the oldest record not yet numbered.
     pub oldest_staged: Gauge,
+    /// `rocket_rides_archive_age_seconds`: age of the archive's oldest record.
+    pub archive_age: Gauge,
 }
 
 /// One consumer's lag, as measured by the streamer.
@@ -47,6 +49,7 @@ impl Metrics {
             stream_length: gauge!("rocket_rides_stream_length"),
             halted: gauge!("rocket_rides_streamer_halted"),
             oldest_staged: gauge!("rocket_rides_oldest_staged_seconds"),
+            archive_age: gauge!("rocket_rides_archive_age_seconds"),
         }
     }
 

@@ -60,7 +60,9 @@ const NUMBER: &str = "
         UPDATE log_records r
         SET seq = head.last_seq + picked.n, epoch = $2, numbered_at = now()
         FROM picked, head
-        WHERE r.id = picked.id
+        -- `seq IS NULL` confines the update to the staged partition; without it every
+        -- archive partition is scanned for the ids.
+        WHERE r.id = picked.id AND r.seq IS NULL
         RETURNING r.seq
     )
     UPDATE log_head SET
@@ -130,8 +132,11 @@ pub struct Streamer {
     pub pool: PgPool,
     pub redis: ConnectionManager,
     pub metrics: Metrics,
-    /// False while halted: the service is then held NOT_SERVING.
+    /// False while halted, or failing for longer than `PROGRESS_TIMEOUT`: the service is then
+    /// held NOT_SERVING.
     pub sound: watch::Sender<bool>,
+    /// When this replica last did its part (a pass of the leader's loop, or a standby's try).
+    pub progress: Instant,
 }
 
 impl Streamer {
@@ -144,6 +149,10 @@ impl Streamer {
                 Err(e) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?delay, "streaming interrupted; nothing is lost, retrying");
+                    let stalled = self.progress.elapsed();
+                    if stalled >= self.config.progress_timeout && self.sound.send_replace(false) {
+                        tracing::error!(error = %e, ?stalled, "no progress for longer than PROGRESS_TIMEOUT; reporting NOT_SERVING until streaming resumes");
+                    }
                     tokio::select! {
                         _ = cancel.cancelled() => break,
                         _ = tokio::time::sleep(delay) => {}
@@ -165,6 +174,7 @@ impl Streamer {
             if let Some(lease) = lease::acquire(&self.pool, &self.holder, seen).await? {
                 break lease;
             }
+            self.progressed();
             if !standing_by {
                 tracing::info!("another streamer leads; standing by");
                 standing_by = true;
@@ -178,7 +188,6 @@ impl Streamer {
         backoff.reset();
         let _leading = Leading::start(&self.metrics.leader);
         let result = self.stream(&lease, cancel).await;
-        self.sound.send_replace(true);
         if result.is_ok() {
             lease::release(&self.pool, &lease).await.ok();
         }
@@ -242,6 +251,7 @@ impl Streamer {
                 }
             };
             trim::trim(&self.pool, &mut self.redis, &self.config).await?;
+            self.progressed();
             if numbered > 0 || sent > 0 {
                 continue;
             }
@@ -255,6 +265,12 @@ impl Streamer {
                 _ = tokio::time::sleep(IDLE_POLL) => {}
             }
         }
+    }
+
+    /// A pass went through: healthy again, as far as progress goes.
+    fn progressed(&mut self) {
+        self.progress = Instant::now();
+        self.sound.send_replace(true);
     }
 
     /// Numbers the next staged records (and renews the lease); returns the new `last_seq`
