@@ -20,7 +20,7 @@ pub enum RideError {
         "the ride could not be written (the database is unavailable or failed); nothing was \
          written; retry (with the same idempotency_key to stay safe)"
     )]
-    BatchFailed { unavailable: bool },
+    BatchFailed,
     #[error("too many rides are waiting to be written; retry after a short back-off")]
     Overloaded,
     #[error("the api is shutting down; retry against another instance")]
@@ -36,7 +36,7 @@ impl From<RideError> for Status {
             | RideError::InvalidDistance(_)
             | RideError::KeyTooLong(_) => Code::InvalidArgument,
             RideError::KeyReused { .. } => Code::FailedPrecondition,
-            RideError::BatchFailed { .. } | RideError::ShuttingDown => Code::Unavailable,
+            RideError::BatchFailed | RideError::ShuttingDown => Code::Unavailable,
             RideError::Overloaded => Code::ResourceExhausted,
             RideError::KeyVanished(_) => Code::Aborted,
         };

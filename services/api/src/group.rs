@@ -117,10 +117,9 @@ impl Writer {
                     }
                 }
                 Err(e) => {
-                    let unavailable = rocket_rides_platform::postgres::is_unavailable(&e);
                     tracing::warn!(error = %e, rides = rides.len(), "a batch of rides failed; nothing of it was written");
                     for reply in replies {
-                        let _ = reply.send(Err(RideError::BatchFailed { unavailable }));
+                        let _ = reply.send(Err(RideError::BatchFailed));
                     }
                 }
             }

@@ -10,7 +10,13 @@ pub struct Checkpoint {
     pub total_distance: f64,
     pub ride_count: i64,
     pub last_seq: i64,
-    pub last_stream_id: StreamId,
+}
+
+impl Checkpoint {
+    /// Where the stream is read from: entries are `<seq>-0`.
+    pub fn stream_id(&self) -> StreamId {
+        StreamId::of_seq(self.last_seq)
+    }
 }
 
 /// How a commit attempt ended.
@@ -25,7 +31,7 @@ pub enum Commit {
 const REGISTER: &str =
     "INSERT INTO consumers (stream, name) VALUES ($1, $2) ON CONFLICT (stream, name) DO NOTHING";
 const LOAD: &str = "
-    SELECT total_distance::float8, ride_count, last_seq, last_stream_id
+    SELECT total_distance::float8, ride_count, last_seq
     FROM consumers WHERE stream = $1 AND name = $2";
 /// Adds the batch (exact NUMERIC sum) and moves the checkpoint, only from where we left it.
 const APPLY: &str = "
@@ -48,19 +54,15 @@ pub async fn load(pool: &PgPool, stream: &str, name: &str) -> Result<Checkpoint,
         .bind(name)
         .execute(pool)
         .await?;
-    let (total_distance, ride_count, last_seq, last_stream_id): (f64, i64, i64, String) =
-        sqlx::query_as(LOAD)
-            .bind(stream)
-            .bind(name)
-            .fetch_one(pool)
-            .await?;
+    let (total_distance, ride_count, last_seq) = sqlx::query_as(LOAD)
+        .bind(stream)
+        .bind(name)
+        .fetch_one(pool)
+        .await?;
     Ok(Checkpoint {
         total_distance,
         ride_count,
         last_seq,
-        last_stream_id: last_stream_id
-            .parse()
-            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
     })
 }
 
@@ -105,6 +107,5 @@ pub async fn commit(
         total_distance,
         ride_count,
         last_seq,
-        last_stream_id: StreamId::of_seq(last_seq),
     }))
 }

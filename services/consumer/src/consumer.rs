@@ -133,7 +133,7 @@ impl Consumer {
         loop {
             let entries = tokio::select! {
                 _ = cancel.cancelled() => return Ok(Stop::Cancelled),
-                read = self.read(at.last_stream_id) => read?,
+                read = self.read(at.stream_id()) => read?,
             };
             backoff.reset();
             let plan = match self.plan(&at, &entries).await? {

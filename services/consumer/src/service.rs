@@ -26,7 +26,7 @@ impl ConsumerService for Totals {
             consumer: self.name.clone(),
             total_distance: committed.total_distance,
             ride_count: committed.ride_count,
-            last_stream_id: committed.last_stream_id.to_string(),
+            last_stream_id: committed.stream_id().to_string(),
         }))
     }
 }

@@ -1,9 +1,10 @@
 //! The log's head and archive in Postgres: the numbered records, kept for `LOG_RETENTION`, from
 //! which lost stream entries are republished and late consumers catch up.
 
-use sqlx::PgExecutor;
+use redis::aio::ConnectionLike;
+use sqlx::{PgExecutor, PgPool};
 
-use crate::LogRecord;
+use crate::{LogRecord, stream};
 
 /// The log's head row (see the schema).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -47,4 +48,51 @@ pub async fn first_seq(db: impl PgExecutor<'_>) -> Result<Option<i64>, sqlx::Err
     sqlx::query_scalar("SELECT min(seq) FROM log_records WHERE seq IS NOT NULL")
         .fetch_one(db)
         .await
+}
+
+/// Where the stream stops being the archive: the entry's seq and what differs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Divergence {
+    pub seq: i64,
+    pub reason: String,
+}
+
+/// The first of the stream's entries `after < seq <= upto` that is not the archived record (an
+/// unreadable entry, one the archive lacks, one whose content differs), reading `chunk` at a
+/// time. Records whose entries were trimmed or deleted have nothing to compare.
+pub async fn first_divergence<E>(
+    pool: &PgPool,
+    redis: &mut impl ConnectionLike,
+    stream_name: &str,
+    after: i64,
+    upto: i64,
+    chunk: i64,
+) -> Result<Option<Divergence>, E>
+where
+    E: From<sqlx::Error> + From<redis::RedisError>,
+{
+    let mut from = after;
+    while from < upto {
+        let last = (from + chunk).min(upto);
+        let archived = range(pool, from, last, chunk).await?;
+        let entries = stream::read_range(redis, stream_name, from + 1, last).await?;
+        let mut archived = archived.into_iter().peekable();
+        for entry in entries {
+            let seq = entry.id.log_seq();
+            while archived.next_if(|kept| kept.seq < seq).is_some() {}
+            let reason = match (&entry.record, archived.next_if(|kept| kept.seq == seq)) {
+                (Err(e), _) => format!("the entry is unreadable: {e}"),
+                (Ok(_), None) => "the archive has no such record".to_string(),
+                (Ok(record), Some(kept)) if !record.same_as(&kept) => format!(
+                    "the stream has {}, the archive {}",
+                    record.describe(),
+                    kept.describe()
+                ),
+                _ => continue,
+            };
+            return Ok(Some(Divergence { seq, reason }));
+        }
+        from = last;
+    }
+    Ok(None)
 }

@@ -97,25 +97,18 @@ pub async fn rewind(
 ) -> Result<u64, RepairError> {
     let head = archive::head(pool).await?;
     let top = stream::last_id(redis, &config.stream).await?.log_seq();
-    // The first entry after what Postgres recorded as streamed that differs from the archive.
-    let mut keep = head.streamed_seq.min(top);
-    'check: while keep < top {
-        let last = (keep + CHUNK).min(top);
-        let archived = archive::range(pool, keep, last, CHUNK).await?;
-        let entries = stream::read_range(redis, &config.stream, keep + 1, last).await?;
-        for entry in entries {
-            let seq = entry.id.log_seq();
-            let kept = archived.iter().find(|r| r.seq == seq);
-            match (entry.record, kept) {
-                (Ok(record), Some(kept)) if record.same_as(kept) => keep = seq,
-                _ => break 'check,
-            }
-        }
-        if keep < last {
-            // Entries trimmed or deleted in between: nothing to compare, keep going.
-            keep = last;
-        }
-    }
+    // Keep everything before the first entry, after what Postgres recorded as streamed, that
+    // is not the archived record.
+    let keep = archive::first_divergence::<RepairError>(
+        pool,
+        redis,
+        &config.stream,
+        head.streamed_seq.min(top),
+        top,
+        CHUNK,
+    )
+    .await?
+    .map_or(top, |divergence| divergence.seq - 1);
     if keep >= top {
         tracing::info!(
             stream_top = top,

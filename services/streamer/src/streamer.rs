@@ -326,46 +326,23 @@ impl Streamer {
             }));
         }
         if stream_top > head.streamed_seq {
-            if let Some(halt) = self.verify(head.streamed_seq, stream_top).await? {
-                return Ok(Err(halt));
+            let chunk = i64::from(self.config.batch_size);
+            let diverged = archive::first_divergence::<StreamError>(
+                &self.pool,
+                &mut self.redis,
+                configured,
+                head.streamed_seq,
+                stream_top,
+                chunk,
+            )
+            .await?;
+            if let Some(archive::Divergence { seq, reason }) = diverged {
+                return Ok(Err(Halt::Diverged { seq, reason }));
             }
             self.record_streamed(lease, stream_top).await?;
             head.streamed_seq = stream_top;
         }
         Ok(Ok(head))
-    }
-
-    /// Checks that the stream's entries `after < seq <= upto` are the archived records.
-    async fn verify(&mut self, after: i64, upto: i64) -> Result<Option<Halt>, StreamError> {
-        let chunk = i64::from(self.config.batch_size);
-        let mut from = after;
-        while from < upto {
-            let last = (from + chunk).min(upto);
-            let archived = archive::range(&self.pool, from, last, chunk).await?;
-            let entries =
-                stream::read_range(&mut self.redis, &self.config.stream, from + 1, last).await?;
-            let mut archived = archived.into_iter().peekable();
-            for entry in entries {
-                let seq = entry.id.log_seq();
-                // Records whose entries were trimmed have nothing to compare.
-                while archived.next_if(|kept| kept.seq < seq).is_some() {}
-                let reason = match (&entry.record, archived.next_if(|kept| kept.seq == seq)) {
-                    (Err(e), _) => Some(format!("the entry is unreadable: {e}")),
-                    (Ok(_), None) => Some("the archive has no such record".to_string()),
-                    (Ok(record), Some(kept)) if !record.same_as(&kept) => Some(format!(
-                        "the stream has {}, the archive {}",
-                        record.describe(),
-                        kept.describe()
-                    )),
-                    _ => None,
-                };
-                if let Some(reason) = reason {
-                    return Ok(Some(Halt::Diverged { seq, reason }));
-                }
-            }
-            from = last;
-        }
-        Ok(None)
     }
 
     /// Writes the numbered records after `head.streamed_seq` to the stream; returns how many.
