@@ -12,8 +12,11 @@ use rocket_rides_log::{
     record::same_decimal,
     sql::{FIND_BY_KEYS, INSERT_RIDES},
 };
-use rocket_rides_platform::telemetry::{propagation::TraceContext, spans};
-use sqlx::PgPool;
+use rocket_rides_platform::{
+    postgres::KeptConnection,
+    telemetry::{propagation::TraceContext, spans},
+};
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::Instrument;
 
@@ -99,10 +102,15 @@ struct Writer {
 
 impl Writer {
     async fn run(self) {
+        let mut db = KeptConnection::new(self.pool.clone());
         while let Some(batch) = self.take().await {
             let (rides, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             self.metrics.batch_size.record(rides.len() as f64);
-            match write(&self.pool, &rides).await {
+            let written = match db.get().await {
+                Ok(conn) => write(conn, &rides).await,
+                Err(e) => Err(e),
+            };
+            match written {
                 Ok(written) => {
                     let created = written
                         .iter()
@@ -117,6 +125,7 @@ impl Writer {
                     }
                 }
                 Err(e) => {
+                    db.give_back();
                     tracing::warn!(error = %e, rides = rides.len(), "a batch of rides failed; nothing of it was written");
                     for reply in replies {
                         let _ = reply.send(Err(RideError::BatchFailed));
@@ -149,7 +158,7 @@ impl Writer {
 
 /// Writes `rides` in one statement; the outcome of each, in order.
 async fn write(
-    pool: &PgPool,
+    db: &mut PgConnection,
     rides: &[NewRide],
 ) -> Result<Vec<Result<Written, RideError>>, sqlx::Error> {
     // One row per distinct key: later calls with the same key share the first one's ride.
@@ -173,7 +182,7 @@ async fn write(
         .bind(column(|r| r.key.as_deref()))
         .bind(column(|r| r.trace.traceparent.as_deref()))
         .bind(column(|r| r.trace.tracestate.as_deref()))
-        .fetch_all(pool)
+        .fetch_all(&mut *db)
         .instrument(spans::postgres("INSERT rides, log_records (group commit)"))
         .await?;
     let mut inserted: HashMap<usize, i64> = HashMap::new();
@@ -194,7 +203,7 @@ async fn write(
     } else {
         sqlx::query_as::<_, (String, i64, String)>(FIND_BY_KEYS)
             .bind(&taken)
-            .fetch_all(pool)
+            .fetch_all(db)
             .instrument(spans::postgres("SELECT rides by idempotency_key"))
             .await?
             .into_iter()

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use rocket_rides_log::sql::WAKE_CHANNEL;
-use rocket_rides_platform::shutdown::CancellationToken;
+use rocket_rides_platform::{postgres::KeptConnection, shutdown::CancellationToken};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
@@ -21,16 +21,22 @@ impl Waker {
 
     /// Sends the NOTIFYs until `cancel`.
     pub async fn run(self, pool: PgPool, cancel: CancellationToken) {
+        let mut db = KeptConnection::new(pool);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = self.0.notified() => {}
             }
-            let sent = sqlx::query("SELECT pg_notify($1, '')")
-                .bind(WAKE_CHANNEL)
-                .execute(&pool)
-                .await;
+            let sent = match db.get().await {
+                Ok(conn) => sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(WAKE_CHANNEL)
+                    .execute(conn)
+                    .await
+                    .map(drop),
+                Err(e) => Err(e),
+            };
             if let Err(e) = sent {
+                db.give_back();
                 tracing::debug!(error = %e, "waking the streamer failed; it will poll");
             }
         }

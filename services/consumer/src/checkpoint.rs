@@ -2,7 +2,7 @@
 //! always commit together.
 
 use rocket_rides_log::StreamId;
-use sqlx::PgPool;
+use sqlx::{Acquire, PgConnection, PgPool};
 
 /// What has been applied, as of the last commit.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,39 +73,42 @@ pub struct Batch {
     pub epoch: i64,
 }
 
-/// Applies `batch` and moves the checkpoint from `from` in one transaction. With probability
-/// `crash_rate` the transaction is rolled back after the update, as a crash between the work
-/// and the commit would.
+/// Applies `batch` and moves the checkpoint from `from`, atomically: the totals and the
+/// checkpoint are one row, so one statement is one transaction. With probability `crash_rate`
+/// the statement runs in a transaction that is rolled back after it, as a crash between the
+/// work and the commit would.
 pub async fn commit(
-    pool: &PgPool,
+    db: &mut PgConnection,
     (stream, name): (&str, &str),
     from: &Checkpoint,
     batch: &Batch,
     crash_rate: f64,
 ) -> Result<Commit, sqlx::Error> {
     let last_seq = batch.last_seq;
-    let mut tx = pool.begin().await?;
-    let row: Option<(f64, i64)> = sqlx::query_as(APPLY)
+    let apply = sqlx::query_as(APPLY)
         .bind(stream)
         .bind(name)
         .bind(&batch.distances)
         .bind(last_seq)
         .bind(batch.epoch)
-        .bind(from.last_seq)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let Some((total_distance, ride_count)) = row else {
+        .bind(from.last_seq);
+    let row: Option<(f64, i64)> = if rand::random_bool(crash_rate) {
+        let mut tx = db.begin().await?;
+        let row: Option<(f64, i64)> = apply.fetch_optional(&mut *tx).await?;
         tx.rollback().await?;
-        return Ok(Commit::Moved);
+        return Ok(match row {
+            Some(_) => Commit::SimulatedCrash,
+            None => Commit::Moved,
+        });
+    } else {
+        apply.fetch_optional(db).await?
     };
-    if rand::random_bool(crash_rate) {
-        tx.rollback().await?;
-        return Ok(Commit::SimulatedCrash);
-    }
-    tx.commit().await?;
-    Ok(Commit::Done(Checkpoint {
-        total_distance,
-        ride_count,
-        last_seq,
-    }))
+    Ok(match row {
+        Some((total_distance, ride_count)) => Commit::Done(Checkpoint {
+            total_distance,
+            ride_count,
+            last_seq,
+        }),
+        None => Commit::Moved,
+    })
 }

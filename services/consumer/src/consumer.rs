@@ -17,7 +17,7 @@ use rocket_rides_platform::{
     shutdown::CancellationToken,
     telemetry::{propagation, spans},
 };
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -122,6 +122,10 @@ impl Consumer {
             }));
         }
         let mut at = checkpoint::load(&self.pool, stream, name).await?;
+        // The batch's statements run on one connection: a pooled statement costs two more
+        // round trips (the pool pings a connection when it is taken and when it is given back).
+        // Dropped with any error, which the pool then closes if it is broken.
+        let mut db = self.pool.acquire().await?;
         if halted.is_none() {
             tracing::info!(
                 last_seq = at.last_seq,
@@ -136,7 +140,7 @@ impl Consumer {
                 read = self.read(at.stream_id()) => read?,
             };
             backoff.reset();
-            let plan = match self.plan(&at, &entries).await? {
+            let plan = match self.plan(&mut db, &at, &entries).await? {
                 Ok(plan) => plan,
                 Err(halt) => return Ok(Stop::Halt(halt)),
             };
@@ -158,10 +162,18 @@ impl Consumer {
             }
             self.set_aside(&plan).await?;
             if !plan.apply.is_empty() {
-                match self.apply(&plan, &at).await? {
+                match self.apply(&mut db, &plan, &at).await? {
                     Commit::Done(next) => {
                         at = next;
                         self.published.send_replace(Some(at.clone()));
+                        if plan.apply.len() < self.config.batch_size as usize {
+                            // Not full: let the next batch gather for a moment
+                            // (BATCH_LINGER_MS).
+                            tokio::select! {
+                                _ = cancel.cancelled() => return Ok(Stop::Cancelled),
+                                _ = tokio::time::sleep(self.config.linger) => {}
+                            }
+                        }
                     }
                     Commit::SimulatedCrash => {
                         tracing::info!(
@@ -184,6 +196,7 @@ impl Consumer {
     /// archive) or whether the stream lost what this consumer already applied (halt).
     async fn plan(
         &self,
+        db: &mut PgConnection,
         at: &Checkpoint,
         entries: &[Entry],
     ) -> Result<Result<Plan, Halt>, ConsumeError> {
@@ -206,7 +219,7 @@ impl Consumer {
             return Ok(Ok(Plan::default()));
         }
         let limit = i64::from(self.config.batch_size);
-        let archived = archive::range(&self.pool, at.last_seq, upto, limit)
+        let archived = archive::range(db, at.last_seq, upto, limit)
             .instrument(spans::postgres("SELECT log_records (archive)"))
             .await?;
         // A short page holds everything the archive has up to `upto`.
@@ -225,7 +238,12 @@ impl Consumer {
 
     /// Commits a batch, traced: a span per record in its ride's trace, linked to a span for
     /// the batch whose child is the commit.
-    async fn apply(&self, plan: &Plan, at: &Checkpoint) -> Result<Commit, sqlx::Error> {
+    async fn apply(
+        &self,
+        db: &mut PgConnection,
+        plan: &Plan,
+        at: &Checkpoint,
+    ) -> Result<Commit, sqlx::Error> {
         let Config { stream, name, .. } = &self.config;
         let started = Instant::now();
         let last: &LogRecord = plan.apply.last().expect("a batch to apply");
@@ -262,15 +280,9 @@ impl Consumer {
             last_seq: last.seq,
             epoch: last.epoch,
         };
-        let commit = checkpoint::commit(
-            &self.pool,
-            (stream, name),
-            at,
-            &work,
-            self.config.crash_rate,
-        )
-        .instrument(batch.in_scope(|| spans::postgres("UPDATE consumers, COMMIT")))
-        .await?;
+        let commit = checkpoint::commit(db, (stream, name), at, &work, self.config.crash_rate)
+            .instrument(batch.in_scope(|| spans::postgres("UPDATE consumers, COMMIT")))
+            .await?;
         let crashed = matches!(commit, Commit::SimulatedCrash);
         batch.record("simulated.crash", crashed);
         let metrics = &self.metrics;

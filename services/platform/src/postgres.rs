@@ -1,11 +1,12 @@
 //! The Postgres pool. Pools connect lazily, so a service starts (and reports NOT_SERVING)
 //! while Postgres is still down, and recovers by itself when it comes back.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{
-    PgPool,
+    PgConnection, PgPool, Postgres,
+    pool::PoolConnection,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
@@ -68,6 +69,44 @@ impl PostgresConfig {
             .max_connections(self.pool_size)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(self.options()?))
+    }
+}
+
+/// A pooled connection kept by one task across its statements. A statement on the pool costs
+/// two more round trips (the pool pings a connection when it is taken and when it is given
+/// back), a third of a small batch's time. A connection that sat idle is given back and a
+/// fresh, tested one taken, so a Postgres restart while idle costs no failed statement.
+pub struct KeptConnection {
+    pool: PgPool,
+    kept: Option<(PoolConnection<Postgres>, Instant)>,
+}
+
+impl KeptConnection {
+    /// Longer idle than this, and the connection is tested again before use.
+    const IDLE: Duration = Duration::from_secs(1);
+
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool, kept: None }
+    }
+
+    /// The kept connection, or one from the pool.
+    pub async fn get(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
+        if let Some((_, used)) = &self.kept
+            && used.elapsed() > Self::IDLE
+        {
+            self.kept = None;
+        }
+        let conn = match self.kept.take() {
+            Some((conn, _)) => conn,
+            None => self.pool.acquire().await?,
+        };
+        let (conn, _) = self.kept.insert((conn, Instant::now()));
+        Ok(conn)
+    }
+
+    /// Gives the connection back after a failed statement; the pool closes it if it is broken.
+    pub fn give_back(&mut self) {
+        self.kept = None;
     }
 }
 

@@ -4,7 +4,8 @@
 //! transaction commits late simply gets a later number, so no ride ever waits on an unrelated
 //! transaction, and once numbered a record keeps its seq, epoch and content forever (it is the
 //! archive). It then writes the numbered records Redis lacks, each at the id `<seq>-0`, and
-//! records how far Redis holds the log (`streamed_seq`). Before each batch it compares the
+//! records how far Redis holds the log (`streamed_seq`) with the next numbering statement, so a
+//! pass costs three round trips on a connection it keeps. Before each batch it compares the
 //! stream with the archive, and stops loudly instead of streaming on when they disagree:
 //! Redis lost entries (run `republish`), the stream is ahead of Postgres (Postgres was restored:
 //! run `rewind`), or an entry differs from its archived record.
@@ -23,7 +24,7 @@ use rocket_rides_platform::{
     shutdown::CancellationToken,
     telemetry::{propagation, spans},
 };
-use sqlx::{PgPool, postgres::PgListener};
+use sqlx::{PgConnection, PgPool, postgres::PgListener};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -42,11 +43,15 @@ const RECHECK: Duration = Duration::from_secs(2);
 const REMIND: Duration = Duration::from_secs(30);
 /// How often the leader drops archive partitions older than `LOG_RETENTION`.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How often the leader looks at the stream's length even when it need not (another process
+/// may have written, consumers may have moved on).
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 
-/// Numbers up to `$3` staged records after the head's `last_seq`, renewing the lease; fenced:
-/// nothing happens unless `$1` still holds the lease at epoch `$2`, on the Postgres server it
-/// took it on (`$5`, its start time). Returns the new `last_seq`
-/// and how many were numbered, or no row when the lease is lost.
+/// Numbers up to `$3` staged records after the head's `last_seq`, records that Redis holds the
+/// log up to `$6` (what the previous pass sent), and renews the lease; fenced: nothing happens
+/// unless `$1` still holds the lease at epoch `$2`, on the Postgres server it took it on (`$5`,
+/// its start time). Returns the new head and how many were numbered, or no row when the lease
+/// is lost.
 const NUMBER: &str = "
     WITH head AS (
         SELECT last_seq FROM log_head
@@ -67,9 +72,10 @@ const NUMBER: &str = "
     )
     UPDATE log_head SET
         last_seq = last_seq + (SELECT count(*) FROM numbered),
+        streamed_seq = GREATEST(streamed_seq, $6),
         lease_until = now() + make_interval(secs => $4)
     WHERE leader = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM head)
-    RETURNING last_seq, (SELECT count(*) FROM numbered)";
+    RETURNING log_id, stream, epoch, last_seq, streamed_seq, (SELECT count(*) FROM numbered)";
 
 /// Records that Redis holds the log up to `$3`; fenced like `NUMBER`.
 const STREAMED: &str = "
@@ -107,6 +113,14 @@ pub enum Halt {
     PostgresBehind { stream_top: i64, last_seq: i64 },
     #[error("stream entry {seq} differs from the archived record: {reason}")]
     Diverged { seq: i64, reason: String },
+}
+
+/// What a pass sent: how many records, and up to which seq the next numbering statement records
+/// Redis as holding the log (none when the failure simulation forgot).
+#[derive(Debug, Default)]
+struct Sent {
+    count: usize,
+    recorded_upto: Option<i64>,
 }
 
 /// Sets the leader gauge while alive, so it drops back to 0 however leadership ends.
@@ -201,10 +215,20 @@ impl Streamer {
     ) -> Result<(), StreamError> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(sql::WAKE_CHANNEL).await?;
+        // The hot statements run on one connection: a pooled statement costs two more round
+        // trips (the pool pings a connection when it is taken and when it is given back).
+        // Dropped with any error, which the pool then closes if it is broken.
+        let mut db = self.pool.acquire().await?;
         let mut halted: Option<(Halt, Instant)> = None;
         let batch = i64::from(self.config.batch_size);
         let (mut last_seq, mut partitioned) = (0, 0);
-        let mut pruned_at: Option<Instant> = None;
+        // Sent by the previous pass, recorded by the next numbering statement.
+        let mut sent_upto = 0;
+        let (mut pruned_at, mut trimmed_at): (Option<Instant>, Option<Instant>) = (None, None);
+        // The stream's length as of the last trim plus what was sent since: a trim costs four
+        // round trips, so it runs only once the stream may be past `STREAM_MAX_LEN`. Trimming
+        // to the consumers' checkpoints usually leaves it short, so that is rarely.
+        let mut stream_len = 0;
         loop {
             if cancel.is_cancelled() {
                 return Ok(());
@@ -212,8 +236,8 @@ impl Streamer {
             if last_seq + batch > partitioned {
                 partitioned = partitions::ensure(&self.pool, batch).await?;
             }
-            let numbered;
-            (last_seq, numbered) = self.number(lease).await?;
+            let (head, numbered) = self.number(&mut db, lease, sent_upto).await?;
+            last_seq = head.last_seq;
             if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
                 let Config {
                     stream,
@@ -224,14 +248,17 @@ impl Streamer {
                 partitions::prune(&self.pool, stream, *log_retention, *consumer_expiry).await?;
                 pruned_at = Some(Instant::now());
             }
-            let sent = match self.check(lease).await? {
+            let sent = match self.check(lease, head).await? {
                 Ok(head) => {
                     if let Some((halt, _)) = halted.take() {
                         tracing::info!(was = %halt, "the log agrees with the archive again; streaming on");
                         self.sound.send_replace(true);
                         self.metrics.halted.set(0.0);
                     }
-                    self.send(lease, &head).await?
+                    let sent = self.send(&mut db, lease, &head).await?;
+                    sent_upto = sent.recorded_upto.unwrap_or(head.streamed_seq);
+                    stream_len += sent.count as u64;
+                    sent.count
                 }
                 Err(halt) => {
                     let remind = halted
@@ -250,9 +277,22 @@ impl Streamer {
                     continue;
                 }
             };
-            trim::trim(&self.pool, &mut self.redis, &self.config).await?;
+            if stream_len > u64::from(self.config.max_len)
+                || trimmed_at.is_none_or(|at| at.elapsed() >= TRIM_EVERY)
+            {
+                stream_len = trim::trim(&self.pool, &mut self.redis, &self.config).await?;
+                trimmed_at = Some(Instant::now());
+            }
             self.progressed();
+            if numbered == batch || sent == batch as usize {
+                continue;
+            }
             if numbered > 0 || sent > 0 {
+                // Not full: let the next batch gather for a moment (BATCH_LINGER_MS).
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(self.config.linger) => {}
+                }
                 continue;
             }
             tokio::select! {
@@ -273,26 +313,44 @@ impl Streamer {
         self.sound.send_replace(true);
     }
 
-    /// Numbers the next staged records (and renews the lease); returns the new `last_seq`
-    /// and how many were numbered.
-    async fn number(&self, lease: &Lease) -> Result<(i64, i64), StreamError> {
-        let row: Option<(i64, i64)> = sqlx::query_as(NUMBER)
+    /// Numbers the next staged records, records `sent_upto` and renews the lease; returns the
+    /// head and how many were numbered.
+    async fn number(
+        &self,
+        db: &mut PgConnection,
+        lease: &Lease,
+        sent_upto: i64,
+    ) -> Result<(Head, i64), StreamError> {
+        let row: Option<(String, Option<String>, i64, i64, i64, i64)> = sqlx::query_as(NUMBER)
             .bind(&lease.holder)
             .bind(lease.epoch)
             .bind(i64::from(self.config.batch_size))
             .bind(LEASE.as_secs_f64())
             .bind(&lease.server)
-            .fetch_optional(&self.pool)
+            .bind(sent_upto)
+            .fetch_optional(db)
             .instrument(spans::postgres("UPDATE log_records, log_head (number)"))
             .await?;
-        row.ok_or(StreamError::Fenced(lease.epoch))
+        let (log_id, stream, epoch, last_seq, streamed_seq, numbered) =
+            row.ok_or(StreamError::Fenced(lease.epoch))?;
+        let head = Head {
+            log_id,
+            stream,
+            epoch,
+            last_seq,
+            streamed_seq,
+        };
+        Ok((head, numbered))
     }
 
     /// Compares the stream with the archive; on agreement, returns the head with
     /// `streamed_seq` at the stream's end (adopting entries a previous attempt wrote but did
     /// not record, once they are shown to be the archived records).
-    async fn check(&mut self, lease: &Lease) -> Result<Result<Head, Halt>, StreamError> {
-        let mut head = archive::head(&self.pool).await?;
+    async fn check(
+        &mut self,
+        lease: &Lease,
+        mut head: Head,
+    ) -> Result<Result<Head, Halt>, StreamError> {
         let configured = &self.config.stream;
         match &head.stream {
             Some(log) if log != configured => {
@@ -303,11 +361,13 @@ impl Streamer {
             }
             Some(_) => {}
             None => {
+                // The first leader claims the log for its stream.
                 sqlx::query("UPDATE log_head SET stream = $1 WHERE stream IS NULL")
                     .bind(configured)
                     .execute(&self.pool)
                     .await?;
-                return Box::pin(self.check(lease)).await;
+                head = archive::head(&self.pool).await?;
+                return Box::pin(self.check(lease, head)).await;
             }
         }
         let stream_top = stream::last_id(&mut self.redis, configured)
@@ -345,13 +405,18 @@ impl Streamer {
         Ok(Ok(head))
     }
 
-    /// Writes the numbered records after `head.streamed_seq` to the stream; returns how many.
-    async fn send(&mut self, lease: &Lease, head: &Head) -> Result<usize, StreamError> {
+    /// Writes the numbered records after `head.streamed_seq` to the stream.
+    async fn send(
+        &mut self,
+        db: &mut PgConnection,
+        lease: &Lease,
+        head: &Head,
+    ) -> Result<Sent, StreamError> {
         let started = Instant::now();
         let limit = i64::from(self.config.batch_size);
-        let records = archive::range(&self.pool, head.streamed_seq, head.last_seq, limit).await?;
+        let records = archive::range(db, head.streamed_seq, head.last_seq, limit).await?;
         let Some(last) = records.last().map(|r| r.seq) else {
-            return Ok(0);
+            return Ok(Sent::default());
         };
         let count = records.len();
         let batch = tracing::info_span!(
@@ -388,23 +453,13 @@ impl Streamer {
             stream::add(&mut xadd, &self.config.stream, &record);
             record_spans.push(span);
         }
-        let forgot = async {
-            xadd.query_async::<()>(&mut self.redis)
-                .instrument(spans::redis("XADD"))
-                .await?;
-            // Failure simulation: "forget" that the batch was sent, as a crash right after the
-            // XADD would; the next check finds the entries, verifies and adopts them.
-            let forget = rand::rng().random_bool(self.config.double_send_rate);
-            batch.record("simulated.double_send", forget);
-            if !forget {
-                self.record_streamed(lease, last)
-                    .instrument(spans::postgres("UPDATE log_head (streamed)"))
-                    .await?;
-            }
-            Ok::<_, StreamError>(forget)
-        }
-        .instrument(batch.clone())
-        .await?;
+        xadd.query_async::<()>(&mut self.redis)
+            .instrument(batch.in_scope(|| spans::redis("XADD")))
+            .await?;
+        // Failure simulation: "forget" that the batch was sent, as a crash right after the
+        // XADD would; the next check finds the entries, verifies and adopts them.
+        let forgot = rand::rng().random_bool(self.config.double_send_rate);
+        batch.record("simulated.double_send", forgot);
         self.metrics.records_streamed.increment(count as u64);
         self.metrics.batch_size.record(count as f64);
         self.metrics
@@ -419,7 +474,10 @@ impl Streamer {
             );
         }
         tracing::debug!(records = count, last_seq = last, "batch streamed");
-        Ok(count)
+        Ok(Sent {
+            count,
+            recorded_upto: (!forgot).then_some(last),
+        })
     }
 
     async fn record_streamed(&self, lease: &Lease, upto: i64) -> Result<(), StreamError> {

@@ -15,15 +15,16 @@ pub const LIVE_CHECKPOINTS: &str = "
     SELECT last_seq FROM consumers
     WHERE stream = $1 AND updated_at > now() - make_interval(secs => $2)";
 
+/// Trims the stream if it is longer than `STREAM_MAX_LEN`; returns its length afterwards.
 pub async fn trim(
     pool: &PgPool,
     redis: &mut ConnectionManager,
     config: &Config,
-) -> Result<(), StreamError> {
+) -> Result<u64, StreamError> {
     let stream = &config.stream;
     let len: u64 = redis::cmd("XLEN").arg(stream).query_async(redis).await?;
     if len <= u64::from(config.max_len) {
-        return Ok(());
+        return Ok(len);
     }
     let first = stream::read_first(redis, stream).await?;
     let checkpoints: Vec<i64> = sqlx::query_scalar(LIVE_CHECKPOINTS)
@@ -39,7 +40,7 @@ pub async fn trim(
     };
     let removed: u64 = xtrim.query_async(redis).await?;
     tracing::debug!(removed, len, "stream trimmed");
-    Ok(())
+    Ok(len.saturating_sub(removed))
 }
 
 /// The first id to keep for the slowest consumer still reading from Redis (its checkpoint at
