@@ -3,7 +3,8 @@
 # throwaway Postgres and Redis (data in .data/up, wiped at each start; Redis with AOF and
 # appendfsync always), migrates, then runs the api, the streamer, consumer0, consumer1 and the
 # simulator with failure simulation on, every line prefixed with its process's name.
-# Ctrl-C stops everything it started.
+# REDIS_MODE=cluster runs a Redis Cluster instead of one Redis: 3 masters and 3 replicas on
+# ports REDIS_PORT..REDIS_PORT+5. Ctrl-C stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -14,6 +15,12 @@ REDIS_PORT=${REDIS_PORT:-56379}
 API_PORT=${API_PORT:-50051}
 RIDES_PER_SECOND=${RIDES_PER_SECOND:-20}
 FAILURE_RATE=${FAILURE_RATE:-0.1}
+REDIS_MODE=${REDIS_MODE:-standalone}
+case $REDIS_MODE in
+  standalone) redis_ports=("$REDIS_PORT") ;;
+  cluster) redis_ports=($(seq "$REDIS_PORT" $((REDIS_PORT + 5)))) ;;
+  *) echo "REDIS_MODE must be standalone or cluster, not $REDIS_MODE" >&2; exit 2 ;;
+esac
 
 bash deploy/local/install-deps.sh
 cargo build --bins $([ "$PROFILE" = release ] && echo --release)
@@ -44,7 +51,7 @@ stop() {
   echo "stopping..."
   kill -TERM "${pids[@]}" 2>/dev/null || true
   as_pg "$pg_bin/pg_ctl" stop -D "$data/pg" -m fast -s 2>/dev/null || true
-  redis-cli -p "$REDIS_PORT" shutdown nosave 2>/dev/null || true
+  for port in "${redis_ports[@]}"; do redis-cli -p "$port" shutdown nosave 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
 trap stop INT TERM EXIT
@@ -52,17 +59,37 @@ trap stop INT TERM EXIT
 as_pg "$pg_bin/initdb" -D "$data/pg" -U postgres -A trust --no-sync >/dev/null
 run postgres as_pg "$pg_bin/postgres" -D "$data/pg" -p "$PG_PORT" \
   -c listen_addresses=127.0.0.1 -c unix_socket_directories="$data/pg"
-run redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$data/redis" \
-  --appendonly yes --appendfsync always --save "" --maxmemory 256mb --maxmemory-policy noeviction
+for port in "${redis_ports[@]}"; do
+  cluster_args=()
+  # The cluster bus listens on port - 10000 (the default, port + 10000, may not exist).
+  [ "$REDIS_MODE" = cluster ] && cluster_args=(--cluster-enabled yes --cluster-port $((port - 10000))
+    --cluster-config-file nodes.conf --cluster-node-timeout 5000)
+  mkdir -p "$data/redis/$port"
+  run "redis$([ "$REDIS_MODE" = cluster ] && echo ":$port")" redis-server --port "$port" --bind 127.0.0.1 \
+    --dir "$data/redis/$port" --appendonly yes --appendfsync always --save "" \
+    --maxmemory 256mb --maxmemory-policy noeviction "${cluster_args[@]}"
+done
 
+redis_up() {
+  for port in "${redis_ports[@]}"; do redis-cli -p "$port" ping >/dev/null 2>&1 || return 1; done
+}
 for _ in $(seq 100); do
-  pg_isready -q -h 127.0.0.1 -p "$PG_PORT" && redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+  pg_isready -q -h 127.0.0.1 -p "$PG_PORT" && redis_up && break
   sleep 0.1
 done
+if [ "$REDIS_MODE" = cluster ]; then
+  redis-cli --cluster create $(printf '127.0.0.1:%s ' "${redis_ports[@]}") --cluster-replicas 1 \
+    --cluster-yes >/dev/null
+  for _ in $(seq 100); do
+    redis-cli -p "$REDIS_PORT" cluster info | grep -q cluster_state:ok && break
+    sleep 0.1
+  done
+fi
 psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "CREATE DATABASE rocketrides"
 
 export DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/rocketrides
-export REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+REDIS_URL=$(printf 'redis://127.0.0.1:%s,' "${redis_ports[@]}")
+export REDIS_URL=${REDIS_URL%,}
 "$bin/rocket-rides-api" migrate
 
 run api env LISTEN_ADDR=127.0.0.1:$API_PORT METRICS_ADDR=127.0.0.1:9101 OTEL_SERVICE_NAME=rocket-rides-api "$bin/rocket-rides-api"

@@ -4,6 +4,8 @@ every object validated against the Kubernetes schemas, then the things a schema 
 import copy
 import pathlib
 import re
+import shutil
+import subprocess
 
 import helm_python
 import kubernetes_validate
@@ -33,6 +35,11 @@ VALUE_SETS = {
         "failureSimulation": {"doubleSendRate": 0, "crashRate": 0},
     },
     "single": {"api": {"replicas": 1}, "consumer": {"replicas": 1}, "chaos": {"dryRun": True}},
+    "cluster": {
+        "redis": {"cluster": {"enabled": True}},
+        "networkPolicy": {"enabled": True},
+        "chaos": {"targetRedisCluster": True},
+    },
 }
 
 WORKLOADS = {"Deployment", "StatefulSet", "Job", "CronJob", "Pod"}
@@ -273,6 +280,166 @@ def test_defaults_wire_postgres_redis_jaeger_and_failure_simulation():
     assert hook == "pre-install,pre-upgrade"
 
 
+CLUSTER = f"{RELEASE}-rocket-rides-redis-cluster"
+
+
+def cluster_nodes(n):
+    return [f"{CLUSTER}-{i}.{CLUSTER}-headless:6379" for i in range(n)]
+
+
+def redis_env(objects):
+    """REDIS_* of the streamer and of the consumers, by workload."""
+    apps = (find(objects, "Deployment", f"{RELEASE}-rocket-rides-streamer"),
+            find(objects, "StatefulSet", f"{RELEASE}-rocket-rides-consumer"))
+    return {o["metadata"]["name"]: {e["name"]: e.get("value", e.get("valueFrom"))
+                                    for e in containers(o, init=False)[0]["env"]
+                                    if e["name"].startswith("REDIS_")} for o in apps}
+
+
+def test_redis_cluster_replaces_the_single_redis():
+    objects = render(VALUE_SETS["cluster"])
+    names = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    for kind in ("StatefulSet", "Service", "NetworkPolicy"):
+        assert (kind, f"{RELEASE}-rocket-rides-redis") not in names
+    sts = find(objects, "StatefulSet", CLUSTER)
+    assert sts["spec"]["replicas"] == 6
+    assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    headless = find(objects, "Service", sts["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"]
+    redis = containers(sts, init=False)[0]
+    args = " ".join(redis["args"])
+    for flag in ("redis-server --cluster-enabled yes", "--cluster-config-file /data/nodes.conf",
+                 "--cluster-node-timeout 5000", "--appendonly yes", "--appendfsync always",
+                 "--maxmemory 200mb", "--maxmemory-policy noeviction",
+                 f"--cluster-announce-hostname $(POD_NAME).{CLUSTER}-headless.{NAMESPACE}.svc",
+                 "--cluster-preferred-endpoint-type hostname"):
+        assert flag in args, flag
+    # The start script hands the arguments on to Redis.
+    assert redis["command"][:2] == ["sh", "-ec"] and redis["command"][2].rstrip().endswith('exec "$@"')
+    assert {p["containerPort"] for p in redis["ports"]} == {6379, 16379}
+    assert pod_spec(sts)["securityContext"]["runAsUser"] == 999
+    # Defaults leave the single Redis as it was.
+    defaults = render({})
+    assert find(defaults, "StatefulSet", f"{RELEASE}-rocket-rides-redis")["spec"]["replicas"] == 1
+    assert not [o for o in defaults if o["metadata"]["name"].startswith(CLUSTER)]
+    for env in redis_env(defaults).values():
+        assert env == {"REDIS_URL": f"redis://{RELEASE}-rocket-rides-redis:6379"}
+
+
+def test_redis_cluster_bootstrap_job_creates_the_cluster_over_every_node_once():
+    objects = render(VALUE_SETS["cluster"])
+    job = find(objects, "Job", f"{CLUSTER}-bootstrap")
+    assert "post-install" in job["metadata"]["annotations"]["helm.sh/hook"].split(",")
+    script = " ".join(containers(job)[0]["command"] + containers(job)[0]["args"])
+    create = "redis-cli --cluster create " + " ".join(cluster_nodes(6)) + " --cluster-replicas 1 --cluster-yes"
+    assert create in script
+    # Idempotent: a cluster already serving every slot is left alone.
+    assert "cluster_state:ok" in script and "cluster_slots_assigned:16384" in script
+    assert script.index("cluster_slots_assigned:16384") < script.index("--cluster create")
+    assert job["spec"]["activeDeadlineSeconds"] == 600
+    bigger = render({"redis": {"cluster": {"enabled": True, "masters": 4, "replicasPerMaster": 2,
+                                           "nodeTimeoutMs": 2000}}})
+    assert find(bigger, "StatefulSet", CLUSTER)["spec"]["replicas"] == 12
+    assert "--cluster-node-timeout 2000" in " ".join(containers(find(bigger, "StatefulSet", CLUSTER))[0]["args"])
+    script = containers(find(bigger, "Job", f"{CLUSTER}-bootstrap"))[0]["args"][0]
+    assert " ".join(cluster_nodes(12)) + " --cluster-replicas 2 --cluster-yes" in script
+
+
+def test_streamer_and_consumers_reach_every_cluster_node():
+    for name, env in redis_env(render(VALUE_SETS["cluster"])).items():
+        assert env["REDIS_URL"].split(",") == [f"redis://{n}" for n in cluster_nodes(6)], name
+        assert env["REDIS_CLUSTER"] == "true", name
+        assert "REDIS_WAIT_REPLICAS" not in env, name
+
+
+@pytest.mark.parametrize("values,streamer", [
+    ({"redis": {"cluster": {"enabled": True}, "waitReplicas": 1}}, "1"),
+    ({"redis": {"cluster": {"enabled": True}, "waitReplicas": 0}}, "0"),
+    ({"redis": {"cluster": {"enabled": True, "replicasPerMaster": 0}}}, "0"),
+    ({"redis": {"enabled": False, "waitReplicas": 2},
+      "externalRedis": {"url": "redis://a:6379,redis://b:6379", "cluster": True}}, "2"),
+    ({"redis": {"waitReplicas": 0}}, "0"),
+])
+def test_wait_replicas_reach_the_streamer_only(values, streamer):
+    env = redis_env(render(values))
+    assert env[f"{RELEASE}-rocket-rides-streamer"]["REDIS_WAIT_REPLICAS"] == streamer
+    assert "REDIS_WAIT_REPLICAS" not in env[f"{RELEASE}-rocket-rides-consumer"]
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"redis": {"cluster": {"enabled": True}, "waitReplicas": 2}}, "exceeds redis.cluster.replicasPerMaster"),
+    ({"redis": {"waitReplicas": 1}}, "single bundled Redis has none"),
+])
+def test_wait_replicas_that_no_replica_could_meet_are_a_clear_error(values, message):
+    chart = helm_python.Chart.load(str(CHART))
+    try:
+        with pytest.raises(helm_python.HelmError, match=re.escape(message)):
+            chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    finally:
+        chart.close()
+
+
+def test_external_redis_cluster_sets_the_cluster_flag():
+    external = copy.deepcopy(VALUE_SETS["external"])
+    for name, env in redis_env(render(external)).items():
+        assert "REDIS_CLUSTER" not in env, name
+    external["externalRedis"]["cluster"] = True
+    for name, env in redis_env(render(external)).items():
+        assert env["REDIS_URL"]["secretKeyRef"]["name"] == "rides-redis", name
+        assert env["REDIS_CLUSTER"] == "true", name
+
+
+def test_network_policy_admits_clients_and_the_cluster_bus_between_nodes():
+    objects = render(VALUE_SETS["cluster"])
+    policy = find(objects, "NetworkPolicy", CLUSTER)
+    workloads = [o for o in objects if o["kind"] in {"Deployment", "StatefulSet", "Job"}]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels(find(objects, "StatefulSet", CLUSTER)).items()
+
+    def admitted(rule):
+        allowed = rule["from"][0]["podSelector"]["matchLabels"]
+        return {w["metadata"]["labels"]["app.kubernetes.io/component"] for w in workloads
+                if allowed.items() <= pod_labels(w).items()}
+
+    clients, peers = policy["spec"]["ingress"]
+    assert clients["ports"] == [{"port": 6379, "protocol": "TCP"}]
+    assert admitted(clients) == {"streamer", "consumer", "redis-cluster-bootstrap"}
+    assert peers["ports"] == [{"port": 6379, "protocol": "TCP"}, {"port": 16379, "protocol": "TCP"}]
+    assert admitted(peers) == {"redis-cluster"}
+
+
+@pytest.mark.parametrize("target", [False, True])
+def test_chaos_reaches_redis_cluster_nodes_only_when_asked(target):
+    objects = render({"redis": {"cluster": {"enabled": True}}, "chaos": {"targetRedisCluster": target}})
+    env = {e["name"]: e.get("value") for e in pod_spec(find(objects, "CronJob", f"{RELEASE}-rocket-rides-chaos"))["containers"][0]["env"]}
+    selector = dict(kv.split("=") for kv in env["TARGET_SELECTOR"].split(","))
+    targets = sorted(o["metadata"]["labels"]["app.kubernetes.io/component"] for o in objects
+                     if o["kind"] in {"Deployment", "StatefulSet"} and selector.items() <= pod_labels(o).items())
+    assert targets == sorted(["api", "consumer", "simulator", "streamer"] + (["redis-cluster"] if target else []))
+
+
+@pytest.mark.skipif(not shutil.which("getent"), reason="needs getent")
+def test_redis_cluster_start_script_points_recorded_hostnames_at_current_ips(tmp_path):
+    sts = find(render(VALUE_SETS["cluster"]), "StatefulSet", CLUSTER)
+    script = containers(sts, init=False)[0]["command"][2].replace("/data", str(tmp_path))
+    conf = tmp_path / "nodes.conf"
+    conf.write_text(
+        "a1 10.0.0.1:6379@16379,localhost,tls-port=0,shard-id=s1 master - 0 1 1 connected 0-8191\n"
+        "b2 10.0.0.2:6379@16379,,shard-id=s2 myself,slave a1 0 1 1 connected\n"
+        "c3 fd00::3:6379@16379,no-such-node.invalid master - 0 1 2 connected 8192-16383\n"
+        "vars currentEpoch 2 lastVoteEpoch 0\n")
+    out = subprocess.run(["sh", "-ec", script, "redis-cluster-node", "echo", "redis-server", "--port", "6379"],
+                         env={"PATH": "/usr/bin:/bin", "POD_IP": "10.9.9.9"},
+                         capture_output=True, text=True, check=True, timeout=30)
+    assert out.stdout == "redis-server --port 6379\n"
+    localhost = subprocess.run(["getent", "hosts", "localhost"], capture_output=True, text=True).stdout.split()[0]
+    assert conf.read_text().splitlines() == [
+        f"a1 {localhost}:6379@16379,localhost,tls-port=0,shard-id=s1 master - 0 1 1 connected 0-8191",
+        "b2 10.9.9.9:6379@16379,,shard-id=s2 myself,slave a1 0 1 1 connected",
+        "c3 fd00::3:6379@16379,no-such-node.invalid master - 0 1 2 connected 8192-16383",
+        "vars currentEpoch 2 lastVoteEpoch 0",
+    ]
+
+
 def test_notes_give_the_commands_from_install_to_a_trace():
     chart = helm_python.Chart.load(str(CHART))
     notes = chart.render({}, name=RELEASE, namespace=NAMESPACE, is_install=True)["rocket-rides/templates/NOTES.txt"]
@@ -292,6 +459,13 @@ def test_notes_give_the_commands_from_install_to_a_trace():
     {"logFormat": "xml"},
     {"chaos": {"dryRun": "yes"}},
     {"consumer": {"unknown": 1}},
+    {"redis": {"cluster": {"masters": 2}}},
+    {"redis": {"cluster": {"replicasPerMaster": -1}}},
+    {"redis": {"cluster": {"unknown": 1}}},
+    {"redis": {"waitReplicas": -1}},
+    {"redis": {"waitReplicas": "one"}},
+    {"externalRedis": {"cluster": "yes"}},
+    {"chaos": {"targetRedisCluster": 1}},
 ])
 def test_the_schema_rejects_bad_values(bad):
     chart = helm_python.Chart.load(str(CHART))

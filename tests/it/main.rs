@@ -4,6 +4,7 @@
 //! `cargo test -p rocket-rides-tests --test it -- pipeline::totals_are_exact_under_concurrent_load`.
 
 mod api;
+mod cluster;
 mod failures;
 mod log;
 mod observability;

@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod postgres;
 pub mod process;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod sandbox;
 pub mod service;

@@ -12,29 +12,32 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub async fn start(dir: &Path) -> Self {
-        let data = dir.join("redis");
+        Self::start_with(dir, "redis", &[]).await
+    }
+
+    /// A server named `name` (its data in `dir/name`), with `extra` arguments.
+    pub async fn start_with(dir: &Path, name: &str, extra: &[&str]) -> Self {
+        let data = dir.join(name);
         std::fs::create_dir_all(&data).unwrap();
         let port = free_port();
-        let process = Process::new(
-            "redis",
-            &[
-                "redis-server",
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                data.to_str().unwrap(),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ],
-            &[],
-            dir,
-        );
+        let port_arg = port.to_string();
+        let mut args = vec![
+            "redis-server",
+            "--port",
+            &port_arg,
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            data.to_str().unwrap(),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ];
+        args.extend_from_slice(extra);
+        let process = Process::new(name, &args, &[], dir);
         let mut redis = Self {
             port,
             data,
@@ -68,6 +71,10 @@ impl RedisServer {
             }
         })
         .await;
+    }
+
+    pub fn running(&self) -> bool {
+        self.process.pid().is_some()
     }
 
     pub async fn kill(&mut self) {

@@ -10,6 +10,7 @@ use sqlx::PgPool;
 
 use crate::{
     postgres::Postgres,
+    redis_cluster::RedisCluster,
     redis_server::RedisServer,
     sandbox::{Sandbox, temp_dir},
     service::{Api, Consumer, Kind, Streamer, bin_path, kind},
@@ -18,7 +19,11 @@ use crate::{
 
 pub struct System {
     pub pg: Postgres,
+    /// The standalone Redis the services use, unless they run on `cluster`.
     pub redis: RedisServer,
+    /// A Redis Cluster, when the system was started on one (`start_on_cluster`); the services'
+    /// REDIS_URL then lists its nodes.
+    pub cluster: Option<RedisCluster>,
     pub db: PgPool,
     // Last, so the servers are stopped before the sandbox prints logs and removes the directory.
     sandbox: Sandbox,
@@ -42,18 +47,27 @@ impl System {
     /// Starts Postgres (fsync off, for speed) and Redis and applies the schema with
     /// `rocket-rides-api migrate`.
     pub async fn start() -> Self {
-        Self::start_with(false).await
+        Self::start_with(false, false).await
     }
 
     /// Like `start`, with Postgres as durable as in production (for benchmarks).
     pub async fn start_durable() -> Self {
-        Self::start_with(true).await
+        Self::start_with(true, false).await
     }
 
-    async fn start_with(durable: bool) -> Self {
+    /// Like `start`, with the services on a Redis Cluster of 3 masters and 3 replicas.
+    pub async fn start_on_cluster() -> Self {
+        Self::start_with(false, true).await
+    }
+
+    async fn start_with(durable: bool, on_cluster: bool) -> Self {
         let dir = temp_dir();
         let pg = Postgres::start(dir.path(), durable).await;
         let redis = RedisServer::start(dir.path()).await;
+        let cluster = match on_cluster {
+            true => Some(RedisCluster::start(dir.path()).await),
+            false => None,
+        };
         let status = std::process::Command::new(bin_path(kind::Api::BINARY))
             .arg("migrate")
             .env("DATABASE_URL", pg.url())
@@ -66,10 +80,14 @@ impl System {
             .connect(&pg.url())
             .await
             .unwrap();
-        let sandbox = Sandbox::new(dir, &pg.url(), &redis.url());
+        let redis_url = cluster
+            .as_ref()
+            .map_or_else(|| redis.url(), RedisCluster::url);
+        let sandbox = Sandbox::new(dir, &pg.url(), &redis_url);
         Self {
             pg,
             redis,
+            cluster,
             db,
             sandbox,
         }

@@ -54,8 +54,45 @@ helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+
       key: {{ include "rr.databaseKey" . }}
 {{- end }}
 
+{{/* "true" when the bundled Redis is a Redis Cluster, else empty. */}}
+{{- define "rr.redisCluster" -}}
+{{- if and .Values.redis.enabled .Values.redis.cluster.enabled }}true{{ end }}
+{{- end }}
+
+{{- define "rr.redisClusterName" -}}
+{{ include "rr.fullname" . }}-redis-cluster
+{{- end }}
+
+{{/* The headless Service that gives each node a stable DNS name, <pod>.<this service>. */}}
+{{- define "rr.redisClusterService" -}}
+{{ include "rr.fullname" . }}-redis-cluster-headless
+{{- end }}
+
+{{- define "rr.redisClusterSize" -}}
+{{ mul (int .Values.redis.cluster.masters) (add 1 (int .Values.redis.cluster.replicasPerMaster)) }}
+{{- end }}
+
+{{/* Every node's address, host:6379, space-separated, in pod order. */}}
+{{- define "rr.redisClusterNodes" -}}
+{{- $name := include "rr.redisClusterName" . -}}
+{{- $svc := include "rr.redisClusterService" . -}}
+{{- $nodes := list -}}
+{{- range $i := until (int (include "rr.redisClusterSize" .)) }}
+{{- $nodes = append $nodes (printf "%s-%d.%s:6379" $name $i $svc) -}}
+{{- end }}
+{{- join " " $nodes }}
+{{- end }}
+
+{{/* REDIS_URL, and REDIS_CLUSTER=true when it names a cluster (every node, comma-separated). */}}
 {{- define "rr.redisUrlEnv" -}}
-{{- if .Values.redis.enabled }}
+{{- if include "rr.redisCluster" . }}
+{{- $urls := list -}}
+{{- range splitList " " (include "rr.redisClusterNodes" .) }}
+{{- $urls = append $urls (printf "redis://%s" .) -}}
+{{- end }}
+- name: REDIS_URL
+  value: {{ join "," $urls | quote }}
+{{- else if .Values.redis.enabled }}
 - name: REDIS_URL
   value: redis://{{ include "rr.fullname" . }}-redis:6379
 {{- else if .Values.externalRedis.existingSecret }}
@@ -67,6 +104,32 @@ helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+
 {{- else }}
 - name: REDIS_URL
   value: {{ required "externalRedis.url or externalRedis.existingSecret is required when redis.enabled is false" .Values.externalRedis.url | quote }}
+{{- end }}
+{{- if or (include "rr.redisCluster" .) (and (not .Values.redis.enabled) .Values.externalRedis.cluster) }}
+- name: REDIS_CLUSTER
+  value: "true"
+{{- end }}
+{{- end }}
+
+{{/* REDIS_WAIT_REPLICAS for the streamer, when redis.waitReplicas is set (0 included). Unset,
+the streamer picks its own default, which on a cluster counts on a replica: a bundled cluster
+without replicas gets 0, or every batch would wait for a replica that does not exist. */}}
+{{- define "rr.redisWaitReplicasEnv" -}}
+{{- $wait := index .Values.redis "waitReplicas" -}}
+{{- $replicas := int .Values.redis.cluster.replicasPerMaster -}}
+{{- if and (kindIs "invalid" $wait) (include "rr.redisCluster" .) (eq $replicas 0) }}
+{{- $wait = 0 -}}
+{{- end }}
+{{- if not (kindIs "invalid" $wait) }}
+{{- if include "rr.redisCluster" . }}
+{{- if gt (int $wait) $replicas }}
+{{- fail (printf "redis.waitReplicas (%d) exceeds redis.cluster.replicasPerMaster (%d): every XADD would wait for replicas that do not exist" (int $wait) $replicas) }}
+{{- end }}
+{{- else if and .Values.redis.enabled (gt (int $wait) 0) }}
+{{- fail (printf "redis.waitReplicas (%d) needs replicas, and the single bundled Redis has none: enable redis.cluster or leave redis.waitReplicas null" (int $wait)) }}
+{{- end }}
+- name: REDIS_WAIT_REPLICAS
+  value: {{ int $wait | quote }}
 {{- end }}
 {{- end }}
 

@@ -7,11 +7,12 @@
 
 use std::time::{Duration, Instant};
 
-use redis::{aio::ConnectionManager, streams::StreamReadReply};
+use redis::streams::StreamReadReply;
 use rocket_rides_log::{
     Entry, LogRecord, StreamId, archive,
     stream::{self, BadStreamId, dead_letter_stream},
 };
+use rocket_rides_platform::redis_conn::RedisConnection;
 use rocket_rides_platform::{
     retry::Backoff,
     shutdown::CancellationToken,
@@ -60,9 +61,9 @@ pub struct Consumer {
     pub config: Config,
     pub pool: PgPool,
     /// For the blocking XREAD only.
-    pub reader: ConnectionManager,
+    pub reader: RedisConnection,
     /// For everything else (dead letters, the stream's end).
-    pub redis: ConnectionManager,
+    pub redis: RedisConnection,
     pub metrics: Metrics,
     /// The committed checkpoint, for GetTotal (None until first loaded).
     pub published: watch::Sender<Option<Checkpoint>>,

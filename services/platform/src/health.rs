@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConnection;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -61,7 +61,7 @@ impl Health {
 #[derive(Clone)]
 pub enum Dependency {
     Postgres(PgPool),
-    Redis(ConnectionManager),
+    Redis(RedisConnection),
 }
 
 impl Dependency {

@@ -19,6 +19,10 @@ pub struct Config {
     pub postgres: PostgresConfig,
     /// `REDIS_URL`.
     pub redis: RedisConfig,
+    /// `REDIS_WAIT_REPLICAS`: replicas that must have a batch (`WAIT`) before it counts as
+    /// streamed (default 1 on a cluster, where a master's failover would otherwise lose what
+    /// it had not passed on; 0 on a standalone Redis).
+    pub wait_replicas: u32,
     /// `STREAM_NAME`: the Redis stream that is the log.
     pub stream: String,
     /// `BATCH_SIZE`: records per batch (default 1000).
@@ -45,10 +49,12 @@ pub struct Config {
 
 impl Config {
     pub fn from_vars(vars: &Vars) -> Result<Self, Error> {
+        let redis = RedisConfig::from_vars(vars)?;
         Ok(Self {
             common: Common::from_vars(vars, crate::NAME, DEFAULT_LISTEN_ADDR)?,
             postgres: PostgresConfig::from_vars(vars, 4)?,
-            redis: RedisConfig::from_vars(vars)?,
+            wait_replicas: vars.parse_or("REDIS_WAIT_REPLICAS", u32::from(redis.cluster))?,
+            redis,
             stream: vars
                 .get("STREAM_NAME")
                 .unwrap_or(DEFAULT_STREAM)
@@ -86,6 +92,11 @@ mod tests {
         assert_eq!((config.batch_size, config.max_len), (1000, 10_000));
         assert_eq!(config.double_send_rate, 0.0);
         assert_eq!(config.postgres.pool_size, 4);
+        assert_eq!(config.wait_replicas, 0);
+        let mut cluster = REQUIRED.to_vec();
+        cluster.push(("REDIS_CLUSTER", "true"));
+        let config = Config::from_vars(&Vars::from_pairs(&cluster)).unwrap();
+        assert_eq!(config.wait_replicas, 1);
         assert_eq!(config.common.listen_addr, DEFAULT_LISTEN_ADDR);
     }
 

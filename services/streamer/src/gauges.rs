@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use rocket_rides_platform::redis_conn::RedisConnection;
 use rocket_rides_platform::shutdown::CancellationToken;
 use sqlx::PgPool;
 
@@ -34,7 +34,7 @@ const CONSUMERS: &str = "
 
 pub async fn run(
     pool: PgPool,
-    mut redis: ConnectionManager,
+    mut redis: RedisConnection,
     stream: String,
     expiry: Duration,
     metrics: Metrics,
@@ -54,7 +54,7 @@ pub async fn run(
 
 async fn measure(
     pool: &PgPool,
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     stream: &str,
     expiry: Duration,
     metrics: &Metrics,

@@ -11,8 +11,8 @@
 //! back to match, so the streamer re-sends what Postgres has. The rides Postgres lost are gone
 //! from the log too; consumers, whose checkpoints were restored with the database, end exact.
 
-use redis::aio::ConnectionManager;
 use rocket_rides_log::{StreamId, archive, stream};
+use rocket_rides_platform::redis_conn::RedisConnection;
 use sqlx::PgPool;
 
 use crate::Config;
@@ -36,7 +36,7 @@ pub enum RepairError {
 pub async fn republish(
     config: &Config,
     pool: &PgPool,
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
 ) -> Result<u64, RepairError> {
     let head = archive::head(pool).await?;
     let top = stream::last_id(redis, &config.stream).await?.log_seq();
@@ -93,7 +93,7 @@ pub async fn republish(
 pub async fn rewind(
     config: &Config,
     pool: &PgPool,
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
 ) -> Result<u64, RepairError> {
     let head = archive::head(pool).await?;
     let top = stream::last_id(redis, &config.stream).await?.log_seq();

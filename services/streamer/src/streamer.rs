@@ -13,12 +13,12 @@
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use redis::aio::ConnectionManager;
 use rocket_rides_log::{
     LogRecord,
     archive::{self, Head},
     sql, stream,
 };
+use rocket_rides_platform::redis_conn::RedisConnection;
 use rocket_rides_platform::{
     retry::Backoff,
     shutdown::CancellationToken,
@@ -43,6 +43,8 @@ const RECHECK: Duration = Duration::from_secs(2);
 const REMIND: Duration = Duration::from_secs(30);
 /// How often the leader drops archive partitions older than `LOG_RETENTION`.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How long a batch may wait for `REDIS_WAIT_REPLICAS` replicas.
+const REPLICA_WAIT: Duration = Duration::from_secs(2);
 /// How often the leader looks at the stream's length even when it need not (another process
 /// may have written, consumers may have moved on).
 const TRIM_EVERY: Duration = Duration::from_secs(1);
@@ -90,6 +92,11 @@ pub enum StreamError {
     Redis(#[from] redis::RedisError),
     #[error("lost the lease (another streamer leads now, epoch {0} is over)")]
     Fenced(i64),
+    #[error(
+        "only {acked} of {wanted} Redis replicas (REDIS_WAIT_REPLICAS) have the batch; it does \
+         not count as streamed until they do"
+    )]
+    NotReplicated { acked: u32, wanted: u32 },
 }
 
 /// Why a leader refuses to stream on. Each says what diverged and what to do.
@@ -144,7 +151,7 @@ pub struct Streamer {
     /// This replica's name in the lease.
     pub holder: String,
     pub pool: PgPool,
-    pub redis: ConnectionManager,
+    pub redis: RedisConnection,
     pub metrics: Metrics,
     /// False while halted, or failing for longer than `PROGRESS_TIMEOUT`: the service is then
     /// held NOT_SERVING.
@@ -399,6 +406,7 @@ impl Streamer {
             if let Some(archive::Divergence { seq, reason }) = diverged {
                 return Ok(Err(Halt::Diverged { seq, reason }));
             }
+            self.replicated().await?;
             self.record_streamed(lease, stream_top).await?;
             head.streamed_seq = stream_top;
         }
@@ -456,6 +464,9 @@ impl Streamer {
         xadd.query_async::<()>(&mut self.redis)
             .instrument(batch.in_scope(|| spans::redis("XADD")))
             .await?;
+        self.replicated()
+            .instrument(batch.in_scope(|| spans::redis("WAIT")))
+            .await?;
         // Failure simulation: "forget" that the batch was sent, as a crash right after the
         // XADD would; the next check finds the entries, verifies and adopts them.
         let forgot = rand::rng().random_bool(self.config.double_send_rate);
@@ -478,6 +489,22 @@ impl Streamer {
             count,
             recorded_upto: (!forgot).then_some(last),
         })
+    }
+
+    /// Waits until `REDIS_WAIT_REPLICAS` replicas have what was written so far.
+    async fn replicated(&mut self) -> Result<(), StreamError> {
+        let wanted = self.config.wait_replicas;
+        if wanted == 0 {
+            return Ok(());
+        }
+        let acked = self
+            .redis
+            .wait_for_replicas(&self.config.stream, wanted, REPLICA_WAIT)
+            .await?;
+        if acked < wanted {
+            return Err(StreamError::NotReplicated { acked, wanted });
+        }
+        Ok(())
     }
 
     async fn record_streamed(&self, lease: &Lease, upto: i64) -> Result<(), StreamError> {

@@ -4,8 +4,8 @@
 //! consumers silent for longer than `CONSUMER_EXPIRY`, do not hold the stream back: the archive
 //! in Postgres has what they need.
 
-use redis::aio::ConnectionManager;
 use rocket_rides_log::{StreamId, stream};
+use rocket_rides_platform::redis_conn::RedisConnection;
 use sqlx::PgPool;
 
 use crate::{Config, streamer::StreamError};
@@ -18,7 +18,7 @@ pub const LIVE_CHECKPOINTS: &str = "
 /// Trims the stream if it is longer than `STREAM_MAX_LEN`; returns its length afterwards.
 pub async fn trim(
     pool: &PgPool,
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     config: &Config,
 ) -> Result<u64, StreamError> {
     let stream = &config.stream;

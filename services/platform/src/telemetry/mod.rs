@@ -71,7 +71,7 @@ pub fn init(config: &Config) -> Result<Telemetry, Error> {
         tracing_opentelemetry::layer().with_tracer(provider.tracer(config.service_name.clone()));
 
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,h2=warn,tower=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,h2=warn,tower=warn,redis=error"));
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     match config.log_format {
         LogFormat::Text => registry.with(fmt::layer().with_target(false)).init(),
