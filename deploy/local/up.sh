@@ -2,7 +2,8 @@
 # `make up`: the whole system on this machine, like the original's `forego start`. Starts a
 # throwaway Postgres and Redis (data in .data/up, wiped at each start; Redis with AOF and
 # appendfsync always), migrates, then runs the api, the streamer, consumer0, consumer1 and the
-# simulator with failure simulation on, every line prefixed with its process's name.
+# simulator with failure simulation on, every line prefixed with its process's name. The log has
+# LOG_PARTITIONS (4) partitions.
 # REDIS_MODE=cluster runs a Redis Cluster instead of one Redis: 3 masters and 3 replicas on
 # ports REDIS_PORT..REDIS_PORT+5. Ctrl-C stops everything it started.
 set -euo pipefail
@@ -15,6 +16,7 @@ REDIS_PORT=${REDIS_PORT:-56379}
 API_PORT=${API_PORT:-50051}
 RIDES_PER_SECOND=${RIDES_PER_SECOND:-20}
 FAILURE_RATE=${FAILURE_RATE:-0.1}
+export LOG_PARTITIONS=${LOG_PARTITIONS:-4}
 REDIS_MODE=${REDIS_MODE:-standalone}
 case $REDIS_MODE in
   standalone) redis_ports=("$REDIS_PORT") ;;

@@ -13,7 +13,7 @@ use std::{
 };
 
 use redis::streams::StreamReadReply;
-use rocket_rides_log::{Entry, StreamId, sql::ORIGINAL_RIDE_TRANSACTION, stream::DEFAULT_STREAM};
+use rocket_rides_log::{Entry, StreamId, sql::ORIGINAL_RIDE_TRANSACTION};
 use rocket_rides_proto::v1::{
     CreateRideRequest, GetTotalRequest, consumer_service_client::ConsumerServiceClient,
     ride_service_client::RideServiceClient,
@@ -93,17 +93,17 @@ async fn reset(sys: &System) {
 /// An empty log: no rides, no staged records, no stream, no consumers, sequence back at 0.
 async fn reset_log(sys: &System) {
     reset(sys).await;
-    sqlx::query("UPDATE log_head SET last_seq = 0, streamed_seq = 0, leader = NULL")
+    sqlx::query("UPDATE log_partitions SET last_seq = 0, streamed_seq = 0, leader = NULL")
         .execute(&sys.db)
         .await
         .unwrap();
-    sqlx::query("DELETE FROM consumers")
+    sqlx::query("DELETE FROM consumer_positions")
         .execute(&sys.db)
         .await
         .unwrap();
     let mut redis = sys.redis.connection().await;
     let _: () = redis::cmd("DEL")
-        .arg(DEFAULT_STREAM)
+        .arg(rocket_rides_tests::stream(0))
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -122,7 +122,7 @@ async fn api_run(api: &Api, callers: usize, secs: u64) -> Measured {
                     let started = Instant::now();
                     let request = CreateRideRequest {
                         distance: Some(5.0 + ((i * 31 + latencies.len()) % 995) as f64),
-                        idempotency_key: String::new(),
+                        ..Default::default()
                     };
                     client
                         .create_ride(request)
@@ -323,7 +323,7 @@ async fn apply_run(sys: &System, name: &str, backlog: i64) -> f64 {
         Duration::from_secs(600),
         || async {
             let seq: Option<i64> =
-                sqlx::query_scalar("SELECT last_seq FROM consumers WHERE name = $1")
+                sqlx::query_scalar("SELECT last_seq FROM consumer_positions WHERE name = $1")
                     .bind(name)
                     .fetch_optional(&sys.db)
                     .await
@@ -373,7 +373,7 @@ async fn end_to_end_run(
                     .arg("BLOCK")
                     .arg(100)
                     .arg("STREAMS")
-                    .arg(DEFAULT_STREAM)
+                    .arg(rocket_rides_tests::stream(0))
                     .arg(from)
                     .query_async(&mut redis)
                     .await
@@ -441,7 +441,7 @@ async fn end_to_end_run(
         calls.push(tokio::spawn(async move {
             let request = CreateRideRequest {
                 distance: Some(100.0),
-                idempotency_key: String::new(),
+                ..Default::default()
             };
             let ride = rides
                 .create_ride(request)
@@ -652,7 +652,7 @@ pub async fn overload(sys: &System, api: &Api, callers: usize, secs: u64) -> Ove
                     let started = Instant::now();
                     let request = CreateRideRequest {
                         distance: Some(12.5),
-                        idempotency_key: String::new(),
+                        ..Default::default()
                     };
                     let code = match client.create_ride(request).await {
                         Ok(_) => Code::Ok,

@@ -24,6 +24,7 @@ fn ride(distance: Option<f64>, key: &str) -> CreateRideRequest {
     CreateRideRequest {
         distance,
         idempotency_key: key.into(),
+        ..Default::default()
     }
 }
 

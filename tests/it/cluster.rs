@@ -1,8 +1,7 @@
 //! The log on a real Redis Cluster (3 masters, 3 replicas, local redis-servers): commands are
 //! routed by slot, and a master's failover loses no acknowledged entry.
 
-use rocket_rides_log::stream::DEFAULT_STREAM;
-use rocket_rides_tests::System;
+use rocket_rides_tests::{System, stream};
 
 use crate::CAUGHT_UP;
 
@@ -18,7 +17,7 @@ async fn the_log_survives_the_failover_of_its_master_on_a_redis_cluster() {
     // The streamer counts a batch only once a replica has it (REDIS_WAIT_REPLICAS defaults to
     // 1 on a cluster), so nothing acknowledged was only on the dead master.
     let cluster = sys.cluster.as_mut().unwrap();
-    let (killed, promoted) = cluster.fail_over(DEFAULT_STREAM, CAUGHT_UP).await;
+    let (killed, promoted) = cluster.fail_over(&stream(0), CAUGHT_UP).await;
     assert_ne!(killed, promoted);
     // The old master comes back as the new master's replica, so batches reach a replica again.
     cluster.nodes[killed].restart().await;

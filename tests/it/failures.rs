@@ -3,11 +3,8 @@
 
 use std::time::Duration;
 
-use rocket_rides_log::{
-    StreamId,
-    stream::{DEFAULT_STREAM, dead_letter_stream},
-};
-use rocket_rides_tests::{Committed, ServingStatus, System, wait_until};
+use rocket_rides_log::{StreamId, stream::dead_letter_stream};
+use rocket_rides_tests::{Committed, ServingStatus, System, stream, wait_until};
 
 use crate::CAUGHT_UP;
 
@@ -111,7 +108,7 @@ async fn entries_lost_from_the_stream_come_from_the_archive_and_a_record_in_neit
     let mut redis = sys.redis.connection().await;
     let trim = |keep_from: StreamId| {
         redis::cmd("XTRIM")
-            .arg(DEFAULT_STREAM)
+            .arg(stream(0))
             .arg("MINID")
             .arg(keep_from)
             .to_owned()
@@ -163,7 +160,7 @@ async fn a_malformed_entry_is_set_aside_and_its_archived_record_applied() {
     assert_eq!(p.api.load(5, 1).await, 5);
     let mut redis = sys.redis.connection().await;
     let _: String = redis::cmd("XADD")
-        .arg(DEFAULT_STREAM)
+        .arg(stream(0))
         .arg(StreamId::of_seq(11))
         .arg("distance")
         .arg("lots")
@@ -174,7 +171,7 @@ async fn a_malformed_entry_is_set_aside_and_its_archived_record_applied() {
     // The consumer sets the entry aside and applies the archived record 11 instead; the
     // streamer refuses to stream on past an entry that is not its record.
     p.consumers[0].wait_counted(11).await;
-    let dead = sys.stream_len(&dead_letter_stream(DEFAULT_STREAM)).await;
+    let dead = sys.stream_len(&dead_letter_stream(&stream(0))).await;
     assert_eq!(dead, 1);
     p.streamer
         .wait_until_status(ServingStatus::NotServing)

@@ -6,8 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rocket_rides_log::stream::DEFAULT_STREAM;
-use rocket_rides_tests::{Kind, Service, ServingStatus, System, wait_until};
+use rocket_rides_tests::{Kind, Service, ServingStatus, System, stream, wait_until};
 use sqlx::Connection;
 
 use crate::CAUGHT_UP;
@@ -186,7 +185,7 @@ async fn a_consumer_added_late_catches_up_from_the_archive_and_never_pins_the_st
     // follows each batch that takes it past STREAM_MAX_LEN).
     let longest = AtomicUsize::new(0);
     wait_until("the late consumer to catch up", CAUGHT_UP, || async {
-        longest.fetch_max(sys.stream_len(DEFAULT_STREAM).await, Ordering::Relaxed);
+        longest.fetch_max(sys.stream_len(&stream(0)).await, Ordering::Relaxed);
         match late.try_total().await {
             Ok(total) if total.ride_count == sys.committed().await.rides && load.is_finished() => {
                 Ok(())

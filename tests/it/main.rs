@@ -8,6 +8,7 @@ mod cluster;
 mod failures;
 mod log;
 mod observability;
+mod partitions;
 mod pipeline;
 mod soak;
 mod startup;

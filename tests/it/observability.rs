@@ -17,7 +17,7 @@ const CALLER_SPAN: &str = "00f067aa0ba902b7";
 async fn create_ride(api: &Api, traceparent: Option<&str>) -> i64 {
     let mut request = tonic::Request::new(CreateRideRequest {
         distance: Some(99.5),
-        idempotency_key: String::new(),
+        ..Default::default()
     });
     if let Some(tp) = traceparent {
         request
@@ -166,7 +166,7 @@ async fn one_ride_is_one_trace_from_the_api_through_the_log_to_every_consumer() 
         assert!(
             spans
                 .iter()
-                .any(|s| s.parent_span_id == *batch && s.name == "UPDATE consumers, COMMIT")
+                .any(|s| s.parent_span_id == *batch && s.name == "UPDATE consumer_positions")
         );
     }
 

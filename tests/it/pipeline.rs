@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use rocket_rides_log::stream::DEFAULT_STREAM;
-use rocket_rides_tests::{ServingStatus, System};
+use rocket_rides_tests::{ServingStatus, System, stream};
 
 use crate::CAUGHT_UP;
 
@@ -37,7 +36,7 @@ async fn totals_are_exact_with_double_sends_and_simulated_crashes() {
     }
     // Re-sent batches were verified against the archive and adopted; Redis refused every
     // duplicate (ids are <seq>-0), so the stream holds each record once.
-    assert_eq!(sys.stream_len(DEFAULT_STREAM).await, 600);
+    assert_eq!(sys.stream_len(&stream(0)).await, 600);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -65,7 +64,7 @@ async fn a_stopped_consumer_loses_nothing_while_the_stream_is_trimmed() {
     assert!(status.success(), "SIGTERM should exit 0, got {status:?}");
     assert_eq!(p.api.load(300, 8).await, 300);
     sys.wait_exact(&p.consumers[..1], CAUGHT_UP).await;
-    let held = sys.stream_len(DEFAULT_STREAM).await;
+    let held = sys.stream_len(&stream(0)).await;
     assert!(
         held >= 300,
         "entries consumer1 needs were trimmed: {held} left"

@@ -13,9 +13,8 @@ use std::{
 };
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use rocket_rides_log::stream::DEFAULT_STREAM;
 use rocket_rides_proto::v1::{CreateRideRequest, ride_service_client::RideServiceClient};
-use rocket_rides_tests::{ServingStatus, System};
+use rocket_rides_tests::{ServingStatus, System, stream};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -69,6 +68,7 @@ fn start_load(
                             5.0 + ((caller * 7919 + n * 104_729) % 99_500) as f64 / 100.0,
                         ),
                         idempotency_key: format!("soak-{caller}-{n}"),
+                        rider_id: format!("rider-{}", n % 53),
                     };
                     loop {
                         match client.create_ride(request.clone()).await {
@@ -224,7 +224,7 @@ async fn chaos_soak_loses_nothing() {
         .await
         .unwrap();
     assert_eq!(states, 2);
-    let len = sys.stream_len(DEFAULT_STREAM).await;
+    let len = sys.stream_len(&stream(0)).await;
 
     let committed = sys.committed().await;
     // Counted in the logs, not the metrics: processes restarted by the chaos lost their counters.

@@ -21,6 +21,11 @@ pub use system::{Committed, Pipeline, System};
 pub use tonic_health::pb::health_check_response::ServingStatus;
 pub use wait::wait_until;
 
+/// The stream of partition `p` of the log the tests use (`STREAM_NAME` unset).
+pub fn stream(p: i32) -> String {
+    rocket_rides_log::partition::stream_key(rocket_rides_log::stream::DEFAULT_STREAM, p)
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -242,7 +242,7 @@ impl Api {
     pub async fn create(&self, distance: f64) -> Result<CreateRideResponse, tonic::Status> {
         self.create_ride(CreateRideRequest {
             distance: Some(distance),
-            idempotency_key: String::new(),
+            ..Default::default()
         })
         .await
     }
@@ -279,6 +279,7 @@ impl Api {
                             let request = CreateRideRequest {
                                 distance: Some(5.0 + (i * 7919 % 99_500) as f64 / 100.0),
                                 idempotency_key: format!("load-{i}-{}", rand::random::<u64>()),
+                                rider_id: format!("rider-{}", i % 37),
                             };
                             wait_until("CreateRide to succeed", READY, || {
                                 let (mut client, request) = (client.clone(), request.clone());

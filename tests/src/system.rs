@@ -5,7 +5,7 @@
 use std::{ops::Deref, time::Duration};
 
 use redis::streams::StreamRangeReply;
-use rocket_rides_log::{Entry, StreamId, stream::DEFAULT_STREAM};
+use rocket_rides_log::{Entry, StreamId};
 use sqlx::PgPool;
 
 use crate::{
@@ -68,13 +68,11 @@ impl System {
             true => Some(RedisCluster::start(dir.path()).await),
             false => None,
         };
-        let status = std::process::Command::new(bin_path(kind::Api::BINARY))
-            .arg("migrate")
-            .env("DATABASE_URL", pg.url())
-            .env("RUST_LOG", "warn")
-            .status()
-            .unwrap();
-        assert!(status.success(), "rocket-rides-api migrate failed");
+        let migrated = migrate(&pg.url(), &[]);
+        assert!(
+            migrated.status.success(),
+            "rocket-rides-api migrate failed: {migrated:?}"
+        );
         let db = sqlx::postgres::PgPoolOptions::new()
             .max_connections(4)
             .connect(&pg.url())
@@ -91,6 +89,11 @@ impl System {
             db,
             sandbox,
         }
+    }
+
+    /// Runs `rocket-rides-api migrate` again, with `env` (e.g. LOG_PARTITIONS).
+    pub fn migrate(&self, env: &[(&str, &str)]) -> std::process::Output {
+        migrate(&self.pg.url(), env)
     }
 
     /// An api, a streamer and one consumer per name, all SERVING.
@@ -124,11 +127,12 @@ impl System {
     /// Records in the outbox, not yet streamed.
     pub async fn staged(&self) -> i64 {
         sqlx::query_scalar(
-            "SELECT COUNT(*) FROM log_records WHERE seq IS NULL OR seq > (SELECT streamed_seq FROM log_head)",
+            "SELECT COUNT(*) FROM log_records r WHERE seq IS NULL
+             OR seq > (SELECT streamed_seq FROM log_partitions p WHERE p.partition = r.partition)",
         )
-            .fetch_one(&self.db)
-            .await
-            .unwrap()
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
     }
 
     /// How many entries `stream` holds.
@@ -145,7 +149,7 @@ impl System {
     pub async fn newest_ids(&self, n: usize) -> Vec<StreamId> {
         let mut redis = self.redis.connection().await;
         let newest: StreamRangeReply = redis::cmd("XREVRANGE")
-            .arg(DEFAULT_STREAM)
+            .arg(crate::stream(0))
             .arg("+")
             .arg("-")
             .arg("COUNT")
@@ -166,7 +170,7 @@ impl System {
             &format!("the stream to hold at most {max} entries"),
             timeout,
             || async {
-                match self.stream_len(DEFAULT_STREAM).await {
+                match self.stream_len(&crate::stream(0)).await {
                     len if len <= max => Ok(()),
                     len => Err(len),
                 }
@@ -227,4 +231,14 @@ impl Deref for System {
     fn deref(&self) -> &Sandbox {
         &self.sandbox
     }
+}
+
+fn migrate(database_url: &str, env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(bin_path(kind::Api::BINARY))
+        .arg("migrate")
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
 }

@@ -153,6 +153,8 @@ without replicas gets 0, or every batch would wait for a replica that does not e
   value: {{ .ctx.Values.logFormat | quote }}
 - name: STREAM_NAME
   value: {{ .ctx.Values.streamName | quote }}
+- name: LOG_PARTITIONS
+  value: {{ .ctx.Values.logPartitions | quote }}
 {{- with include "rr.otlpEndpoint" .ctx }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ . | quote }}
@@ -206,6 +208,8 @@ initContainers:
     command: ["rocket-rides-api", "migrate"]
     env:
       {{- include "rr.databaseUrlEnv" . | nindent 6 }}
+      - name: LOG_PARTITIONS
+        value: {{ .Values.logPartitions | quote }}
       - name: RUST_LOG
         value: {{ .Values.logLevel | quote }}
       - name: LOG_FORMAT

@@ -12,6 +12,8 @@ pub enum RideError {
     InvalidDistance(f64),
     #[error("idempotency_key must be at most 255 characters, got {0}")]
     KeyTooLong(usize),
+    #[error("rider_id must be at most 255 characters, got {0}")]
+    RiderTooLong(usize),
     #[error(
         "idempotency_key {key:?} was already used for a ride of {distance} m; use a new key for a different ride"
     )]
@@ -34,7 +36,8 @@ impl From<RideError> for Status {
         let code = match &e {
             RideError::MissingDistance
             | RideError::InvalidDistance(_)
-            | RideError::KeyTooLong(_) => Code::InvalidArgument,
+            | RideError::KeyTooLong(_)
+            | RideError::RiderTooLong(_) => Code::InvalidArgument,
             RideError::KeyReused { .. } => Code::FailedPrecondition,
             RideError::BatchFailed | RideError::ShuttingDown => Code::Unavailable,
             RideError::Overloaded => Code::ResourceExhausted,

@@ -8,6 +8,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use rocket_rides_log::partition;
 use rocket_rides_log::{
     record::same_decimal,
     sql::{FIND_BY_KEYS, INSERT_RIDES},
@@ -26,6 +27,8 @@ use crate::{error::RideError, metrics::Metrics, wake::Waker};
 pub struct NewRide {
     pub decimal: String,
     pub key: Option<String>,
+    /// The partition key, if the call named a rider.
+    pub rider: Option<String>,
     pub trace: TraceContext,
 }
 
@@ -182,6 +185,13 @@ async fn write(
         .bind(column(|r| r.key.as_deref()))
         .bind(column(|r| r.trace.traceparent.as_deref()))
         .bind(column(|r| r.trace.tracestate.as_deref()))
+        .bind(column(|r| r.rider.as_deref()))
+        .bind(
+            unique
+                .iter()
+                .map(|&i| rides[i].rider.as_deref().map(partition::key_hash))
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(&mut *db)
         .instrument(spans::postgres("INSERT rides, log_records (group commit)"))
         .await?;

@@ -72,11 +72,15 @@ pub enum MigrateError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("shutdown asked for before the schema was applied")]
     Cancelled,
+    #[error(transparent)]
+    Partitions(#[from] rocket_rides_log::schema::PartitionsError),
 }
 
-/// Applies the schema, waiting up to `MIGRATE_WAIT` for Postgres to be reachable.
+/// Applies the schema, waiting up to `MIGRATE_WAIT` for Postgres to be reachable, then gives a
+/// new log `partitions` partitions (`LOG_PARTITIONS`; none: leave the count as it is).
 pub async fn migrate(
     config: &PostgresConfig,
+    partitions: Option<i32>,
     cancel: CancellationToken,
 ) -> Result<(), MigrateError> {
     let pool = config.pool()?;
@@ -96,6 +100,12 @@ pub async fn migrate(
             }
             Err(e) => break Err(e.into()),
         }
+    };
+    let result = match (result, partitions) {
+        (Ok(()), Some(n)) => rocket_rides_log::schema::set_partitions(&pool, n)
+            .await
+            .map_err(Into::into),
+        (result, _) => result,
     };
     pool.close().await;
     if result.is_ok() {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use rocket_rides_api::{Config, NAME};
 use rocket_rides_platform::{config::Vars, postgres::PostgresConfig, runner, shutdown, telemetry};
 
-const USAGE: &str = "usage: rocket-rides-api [migrate]\n  (no argument)  serve RideService on LISTEN_ADDR\n  migrate         apply the database schema and exit";
+const USAGE: &str = "usage: rocket-rides-api [migrate]\n  (no argument)  serve RideService on LISTEN_ADDR\n  migrate         apply the database schema (and LOG_PARTITIONS to a new log) and exit";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -29,16 +29,17 @@ async fn migrate() -> ExitCode {
     let vars = Vars::from_env();
     let loaded = telemetry::Config::from_vars(&vars, NAME).and_then(|t| {
         let postgres = PostgresConfig::from_vars(&vars, 2)?;
-        Ok((telemetry::init(&t)?, postgres))
+        let partitions = vars.parse::<i32>("LOG_PARTITIONS")?;
+        Ok((telemetry::init(&t)?, postgres, partitions))
     });
-    let (telemetry, postgres) = match loaded {
+    let (telemetry, postgres, partitions) = match loaded {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("{NAME} migrate: {e}");
             return ExitCode::from(2);
         }
     };
-    let result = rocket_rides_api::migrate(&postgres, cancel).await;
+    let result = rocket_rides_api::migrate(&postgres, partitions, cancel).await;
     if let Err(e) = &result {
         tracing::error!(error = %e, "migrate failed");
     }

@@ -26,9 +26,11 @@ impl Rides {
     async fn create(&self, req: CreateRideRequest) -> Result<CreateRideResponse, RideError> {
         let distance = validate::distance(req.distance)?;
         let key = validate::idempotency_key(&req.idempotency_key)?;
+        let rider = validate::rider_id(&req.rider_id)?;
         let ride = NewRide {
             decimal: validate::decimal(distance),
             key: key.map(String::from),
+            rider: rider.map(String::from),
             // The call's own span travels with the record, so the streamer and every consumer
             // join this trace.
             trace: propagation::of_span(&tracing::Span::current()),

@@ -38,6 +38,15 @@ pub fn idempotency_key(key: &str) -> Result<Option<&str>, RideError> {
     }
 }
 
+/// The rider, if named: the partition key (at most 255 characters).
+pub fn rider_id(rider: &str) -> Result<Option<&str>, RideError> {
+    match rider.chars().count() {
+        0 => Ok(None),
+        n if n > MAX_KEY_CHARS => Err(RideError::RiderTooLong(n)),
+        _ => Ok(Some(rider)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

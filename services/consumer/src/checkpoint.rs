@@ -1,5 +1,5 @@
-//! A consumer's row in `consumers`: its running totals and its checkpoint, which therefore
-//! always commit together.
+//! A consumer's row per partition in `consumer_positions`: its running totals from the
+//! partition and its checkpoint there, which therefore always commit together.
 
 use rocket_rides_log::StreamId;
 use sqlx::{Acquire, PgConnection, PgPool};
@@ -28,35 +28,45 @@ pub enum Commit {
     Moved,
 }
 
-const REGISTER: &str =
-    "INSERT INTO consumers (stream, name) VALUES ($1, $2) ON CONFLICT (stream, name) DO NOTHING";
+const REGISTER: &str = "
+    INSERT INTO consumer_positions (stream, name, partition) VALUES ($1, $2, $3)
+    ON CONFLICT (stream, name, partition) DO NOTHING";
 const LOAD: &str = "
     SELECT total_distance::float8, ride_count, last_seq
-    FROM consumers WHERE stream = $1 AND name = $2";
+    FROM consumer_positions WHERE stream = $1 AND name = $2 AND partition = $3";
 /// Adds the batch (exact NUMERIC sum) and moves the checkpoint, only from where we left it.
 const APPLY: &str = "
-    UPDATE consumers SET
+    UPDATE consumer_positions SET
         total_distance = total_distance
             + (SELECT COALESCE(SUM(d::numeric), 0) FROM unnest($3::text[]) AS d),
         ride_count = ride_count + cardinality($3::text[]),
         last_seq = $4,
-        last_stream_id = $4 || '-0',
         epoch = $5,
         updated_at = now()
-    WHERE stream = $1 AND name = $2 AND last_seq = $6
+    WHERE stream = $1 AND name = $2 AND partition = $7 AND last_seq = $6
     RETURNING total_distance::float8, ride_count";
 
-/// Registers the consumer (so the streamer never trims what it has not read) and loads its
-/// checkpoint.
-pub async fn load(pool: &PgPool, stream: &str, name: &str) -> Result<Checkpoint, sqlx::Error> {
+/// Where a consumer is: the log's name, the consumer's, and the partition.
+#[derive(Debug, Clone, Copy)]
+pub struct Position<'a> {
+    pub stream: &'a str,
+    pub name: &'a str,
+    pub partition: i32,
+}
+
+/// Registers the consumer in the partition (so the streamer never trims what it has not read)
+/// and loads its checkpoint there.
+pub async fn load(pool: &PgPool, at: Position<'_>) -> Result<Checkpoint, sqlx::Error> {
     sqlx::query(REGISTER)
-        .bind(stream)
-        .bind(name)
+        .bind(at.stream)
+        .bind(at.name)
+        .bind(at.partition)
         .execute(pool)
         .await?;
     let (total_distance, ride_count, last_seq) = sqlx::query_as(LOAD)
-        .bind(stream)
-        .bind(name)
+        .bind(at.stream)
+        .bind(at.name)
+        .bind(at.partition)
         .fetch_one(pool)
         .await?;
     Ok(Checkpoint {
@@ -79,19 +89,20 @@ pub struct Batch {
 /// work and the commit would.
 pub async fn commit(
     db: &mut PgConnection,
-    (stream, name): (&str, &str),
+    at: Position<'_>,
     from: &Checkpoint,
     batch: &Batch,
     crash_rate: f64,
 ) -> Result<Commit, sqlx::Error> {
     let last_seq = batch.last_seq;
     let apply = sqlx::query_as(APPLY)
-        .bind(stream)
-        .bind(name)
+        .bind(at.stream)
+        .bind(at.name)
         .bind(&batch.distances)
         .bind(last_seq)
         .bind(batch.epoch)
-        .bind(from.last_seq);
+        .bind(from.last_seq)
+        .bind(at.partition);
     let row: Option<(f64, i64)> = if rand::random_bool(crash_rate) {
         let mut tx = db.begin().await?;
         let row: Option<(f64, i64)> = apply.fetch_optional(&mut *tx).await?;

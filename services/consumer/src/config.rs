@@ -19,8 +19,11 @@ pub struct Config {
     pub postgres: PostgresConfig,
     /// `REDIS_URL`.
     pub redis: RedisConfig,
-    /// `STREAM_NAME`: the Redis stream that is the log.
+    /// `STREAM_NAME`: the log's name; partition `p` is the stream `<STREAM_NAME>:{<p>}`.
     pub stream: String,
+    /// `LOG_PARTITIONS`: if set, the partition count this consumer expects; it refuses to run
+    /// against a log with another (unset: whatever the log has).
+    pub partitions: Option<i32>,
     /// `CONSUMER_NAME` (required): the consumer's identity, naming its checkpoint and totals.
     pub name: String,
     /// `BATCH_SIZE`: entries per read (default 1000).
@@ -49,6 +52,7 @@ impl Config {
                     "every consumer needs a unique name: it identifies its checkpoint",
                 )?
                 .to_string(),
+            partitions: vars.parse("LOG_PARTITIONS")?,
             batch_size: vars.positive("BATCH_SIZE", 1000)?,
             linger: Duration::from_millis(vars.parse_or("BATCH_LINGER_MS", 5)?),
             crash_rate: vars.rate("CRASH_RATE")?,

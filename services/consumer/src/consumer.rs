@@ -12,19 +12,20 @@ use rocket_rides_log::{
     Entry, LogRecord, StreamId, archive,
     stream::{self, BadStreamId, dead_letter_stream},
 };
-use rocket_rides_platform::redis_conn::RedisConnection;
 use rocket_rides_platform::{
+    health::Soundness,
+    prometheus::Raised,
+    redis_conn::RedisConnection,
     retry::Backoff,
     shutdown::CancellationToken,
     telemetry::{propagation, spans},
 };
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::{
     Config,
-    checkpoint::{self, Batch, Checkpoint, Commit},
+    checkpoint::{self, Batch, Checkpoint, Commit, Position},
     metrics::Metrics,
     plan::{self, Halt, Plan},
 };
@@ -57,41 +58,47 @@ enum Stop {
     Halt(Halt),
 }
 
+/// One partition's consumer.
 pub struct Consumer {
     pub config: Config,
+    /// The partition consumed, and its stream.
+    pub partition: i32,
+    pub stream: String,
     pub pool: PgPool,
     /// For the blocking XREAD only.
     pub reader: RedisConnection,
     /// For everything else (dead letters, the stream's end).
     pub redis: RedisConnection,
     pub metrics: Metrics,
-    /// The committed checkpoint, for GetTotal (None until first loaded).
-    pub published: watch::Sender<Option<Checkpoint>>,
-    /// False while halted: the service is then held NOT_SERVING.
-    pub sound: watch::Sender<bool>,
+    /// Unsound while halted: the service is then held NOT_SERVING.
+    pub sound: Soundness,
 }
 
 impl Consumer {
     pub async fn run(self, cancel: CancellationToken) {
         let mut backoff = Backoff::default();
-        let mut halted: Option<(Halt, Instant)> = None;
+        let mut halted: Option<(Halt, Instant, Raised)> = None;
         loop {
             let delay = match self.consume(&cancel, &mut backoff, &mut halted).await {
                 Ok(Stop::Cancelled) => return,
                 Ok(Stop::Halt(halt)) => {
                     let remind = halted
                         .as_ref()
-                        .is_none_or(|(was, at)| *was != halt || at.elapsed() >= REMIND);
+                        .is_none_or(|(was, at, _)| *was != halt || at.elapsed() >= REMIND);
                     if remind {
                         tracing::error!(
+                            partition = self.partition,
                             error = %halt,
                             "stopped consuming: applying on would make the total wrong; the total \
                              is exact up to the checkpoint. Checking again every {RECHECK:?}"
                         );
-                        halted = Some((halt, Instant::now()));
+                        let raised = match halted.take() {
+                            Some((.., raised)) => raised,
+                            None => Raised::new(&self.metrics.gap),
+                        };
+                        halted = Some((halt, Instant::now(), raised));
                     }
-                    self.sound.send_replace(false);
-                    self.metrics.gap.set(1.0);
+                    self.sound.set(self.partition, false);
                     RECHECK
                 }
                 Err(e) => {
@@ -111,10 +118,10 @@ impl Consumer {
         &self,
         cancel: &CancellationToken,
         backoff: &mut Backoff,
-        halted: &mut Option<(Halt, Instant)>,
+        halted: &mut Option<(Halt, Instant, Raised)>,
     ) -> Result<Stop, ConsumeError> {
         let Config { stream, name, .. } = &self.config;
-        if let Some(log) = archive::head(&self.pool).await?.stream
+        if let (_, Some(log), _) = archive::log(&self.pool).await?
             && log != *stream
         {
             return Ok(Stop::Halt(Halt::StreamName {
@@ -122,19 +129,19 @@ impl Consumer {
                 configured: stream.clone(),
             }));
         }
-        let mut at = checkpoint::load(&self.pool, stream, name).await?;
+        let mut at = checkpoint::load(&self.pool, self.position()).await?;
         // The batch's statements run on one connection: a pooled statement costs two more
         // round trips (the pool pings a connection when it is taken and when it is given back).
         // Dropped with any error, which the pool then closes if it is broken.
         let mut db = self.pool.acquire().await?;
         if halted.is_none() {
             tracing::info!(
+                partition = self.partition,
                 last_seq = at.last_seq,
                 ride_count = at.ride_count,
-                "reading the log from the checkpoint"
+                "reading the partition from the checkpoint"
             );
         }
-        self.published.send_replace(Some(at.clone()));
         loop {
             let entries = tokio::select! {
                 _ = cancel.cancelled() => return Ok(Stop::Cancelled),
@@ -148,7 +155,9 @@ impl Consumer {
             if entries.is_empty() && plan.apply.is_empty() {
                 // Idle: make sure Postgres still has the checkpoint this consumer serves, so a
                 // database restored to an earlier state is noticed even without new records.
-                let database = checkpoint::load(&self.pool, stream, name).await?.last_seq;
+                let database = checkpoint::load(&self.pool, self.position())
+                    .await?
+                    .last_seq;
                 if database != at.last_seq {
                     return Err(ConsumeError::CheckpointChanged {
                         memory: at.last_seq,
@@ -157,16 +166,17 @@ impl Consumer {
                 }
             }
             if plan.halt.is_none() && halted.take().is_some() {
-                tracing::info!("the log agrees with the archive again; consuming on");
-                self.sound.send_replace(true);
-                self.metrics.gap.set(0.0);
+                tracing::info!(
+                    partition = self.partition,
+                    "the log agrees with the archive again; consuming on"
+                );
+                self.sound.set(self.partition, true);
             }
             self.set_aside(&plan).await?;
             if !plan.apply.is_empty() {
                 match self.apply(&mut db, &plan, &at).await? {
                     Commit::Done(next) => {
                         at = next;
-                        self.published.send_replace(Some(at.clone()));
                         if plan.apply.len() < self.config.batch_size as usize {
                             // Not full: let the next batch gather for a moment
                             // (BATCH_LINGER_MS).
@@ -204,7 +214,7 @@ impl Consumer {
         let upto = match entries.last() {
             Some(last) => last.id.log_seq(),
             None => {
-                let top = stream::last_id(&mut self.redis.clone(), &self.config.stream)
+                let top = stream::last_id(&mut self.redis.clone(), &self.stream)
                     .await?
                     .log_seq();
                 if top < at.last_seq {
@@ -220,7 +230,7 @@ impl Consumer {
             return Ok(Ok(Plan::default()));
         }
         let limit = i64::from(self.config.batch_size);
-        let archived = archive::range(db, at.last_seq, upto, limit)
+        let archived = archive::range(db, self.partition, at.last_seq, upto, limit)
             .instrument(spans::postgres("SELECT log_records (archive)"))
             .await?;
         // A short page holds everything the archive has up to `upto`.
@@ -245,7 +255,7 @@ impl Consumer {
         plan: &Plan,
         at: &Checkpoint,
     ) -> Result<Commit, sqlx::Error> {
-        let Config { stream, name, .. } = &self.config;
+        let (stream, name) = (&self.stream, &self.config.name);
         let started = Instant::now();
         let last: &LogRecord = plan.apply.last().expect("a batch to apply");
         let batch = tracing::info_span!(
@@ -281,8 +291,8 @@ impl Consumer {
             last_seq: last.seq,
             epoch: last.epoch,
         };
-        let commit = checkpoint::commit(db, (stream, name), at, &work, self.config.crash_rate)
-            .instrument(batch.in_scope(|| spans::postgres("UPDATE consumers, COMMIT")))
+        let commit = checkpoint::commit(db, self.position(), at, &work, self.config.crash_rate)
+            .instrument(batch.in_scope(|| spans::postgres("UPDATE consumer_positions")))
             .await?;
         let crashed = matches!(commit, Commit::SimulatedCrash);
         batch.record("simulated.crash", crashed);
@@ -300,6 +310,14 @@ impl Consumer {
         Ok(commit)
     }
 
+    fn position(&self) -> Position<'_> {
+        Position {
+            stream: &self.config.stream,
+            name: &self.config.name,
+            partition: self.partition,
+        }
+    }
+
     async fn read(&self, from: StreamId) -> Result<Vec<Entry>, ConsumeError> {
         let reply: Option<StreamReadReply> = redis::cmd("XREAD")
             .arg("COUNT")
@@ -307,7 +325,7 @@ impl Consumer {
             .arg("BLOCK")
             .arg(BLOCK.as_millis() as u64)
             .arg("STREAMS")
-            .arg(&self.config.stream)
+            .arg(&self.stream)
             .arg(from)
             .query_async(&mut self.reader.clone())
             .await?;
@@ -320,7 +338,7 @@ impl Consumer {
         if plan.malformed.is_empty() {
             return Ok(());
         }
-        let dead_letters = dead_letter_stream(&self.config.stream);
+        let dead_letters = dead_letter_stream(&self.stream);
         let mut pipe = redis::pipe();
         for (id, error) in &plan.malformed {
             tracing::error!(stream_id = %id, %error, dead_letters = %dead_letters, "malformed entry set aside; its archived record is applied");
@@ -329,7 +347,7 @@ impl Consumer {
                 .arg(&dead_letters)
                 .arg("*")
                 .arg("source_stream")
-                .arg(&self.config.stream)
+                .arg(&self.stream)
                 .arg("source_id")
                 .arg(id)
                 .arg("consumer")

@@ -1,24 +1,28 @@
-//! `rocket-rides-consumer`: reads the log from its own checkpoint and keeps a running total of
-//! ride distance, exactly once in effect. Serves `rocketrides.v1.ConsumerService`.
-//! CONSUMER_NAME is its identity and must be unique.
+//! `rocket-rides-consumer`: reads every partition of the log from its own checkpoint there and
+//! keeps a running total of ride distance, exactly once in effect. Serves
+//! `rocketrides.v1.ConsumerService`. CONSUMER_NAME is its identity.
 
 mod checkpoint;
 pub mod config;
 mod consumer;
 mod metrics;
+mod partitions;
 mod plan;
 mod service;
 
 use std::time::Duration;
 
 use rocket_rides_platform::{
-    Error, grpc, health::Dependency, runner::Runner, shutdown::CancellationToken,
+    Error, grpc,
+    health::{Dependency, Soundness},
+    runner::Runner,
+    shutdown::CancellationToken,
 };
 use rocket_rides_proto::v1::consumer_service_server::ConsumerServiceServer;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::net::TcpListener;
 
 pub use crate::config::Config;
-use crate::{consumer::Consumer, metrics::Metrics};
+use crate::{metrics::Metrics, partitions::Partitions};
 
 /// The binary's name, as logs and traces show it.
 pub const NAME: &str = "rocket-rides-consumer";
@@ -33,16 +37,8 @@ pub async fn run(
     let mut runner = Runner::start(SERVICE, &config, cancel).await?;
     let metrics = Metrics::register(&config.name);
     let pool = config.postgres.pool()?;
-    // The blocking XREAD gets a connection of its own: on a shared (multiplexed) one, health
-    // pings would queue behind it and report Redis down whenever the log is idle. Its response
-    // timeout is longer than the block, so a blocked read is not mistaken for a dead server.
-    let reader = config
-        .redis
-        .connect(consumer::BLOCK + Duration::from_secs(5))?;
     let redis = config.redis.connect(Duration::from_secs(5))?;
-
-    let (published, committed) = watch::channel(None);
-    let (sound, held) = watch::channel(true);
+    let (sound, held) = Soundness::new();
     runner.monitor(
         vec![
             Dependency::Postgres(pool.clone()),
@@ -51,8 +47,9 @@ pub async fn run(
         Some(held),
     );
     let totals = service::Totals {
+        stream: config.stream.clone(),
         name: config.name.clone(),
-        committed,
+        pool: pool.clone(),
     };
     let services = grpc::Services {
         names: &[SERVICE],
@@ -68,16 +65,13 @@ pub async fn run(
         crash_rate = config.crash_rate,
         "consumer starting"
     );
-    let consumer = Consumer {
+    let partitions = Partitions {
         config,
         pool: pool.clone(),
-        reader,
-        redis,
         metrics,
-        published,
         sound,
     };
-    runner.spawn_worker("consumer", consumer.run(runner.cancel()));
+    runner.spawn_worker("consumer", partitions.run(runner.cancel()));
     let result = runner.run().await;
     pool.close().await;
     result

@@ -134,6 +134,7 @@ mod tests {
     fn record(seq: i64) -> LogRecord {
         LogRecord {
             log: "log-a".into(),
+            partition: 0,
             epoch: 1,
             seq,
             ride_id: 100 + seq,

@@ -1,16 +1,23 @@
-//! `ConsumerService`: the consumer's committed totals.
+//! `ConsumerService`: the logical consumer's committed totals, over every partition, whichever
+//! instance owns them: one statement, so one consistent snapshot.
 
+use rocket_rides_log::StreamId;
 use rocket_rides_proto::v1::{
-    GetTotalRequest, GetTotalResponse, consumer_service_server::ConsumerService,
+    GetTotalRequest, GetTotalResponse, PartitionPosition, consumer_service_server::ConsumerService,
 };
-use tokio::sync::watch;
+use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
-use crate::checkpoint::Checkpoint;
+const TOTALS: &str = "
+    SELECT partition, last_seq, ride_count, COALESCE(owner, ''),
+           (sum(total_distance) OVER ())::float8, (sum(ride_count) OVER ())::bigint
+    FROM consumer_positions WHERE stream = $1 AND name = $2
+    ORDER BY partition";
 
 pub struct Totals {
+    pub stream: String,
     pub name: String,
-    pub committed: watch::Receiver<Option<Checkpoint>>,
+    pub pool: PgPool,
 }
 
 #[tonic::async_trait]
@@ -19,14 +26,36 @@ impl ConsumerService for Totals {
         &self,
         _: Request<GetTotalRequest>,
     ) -> Result<Response<GetTotalResponse>, Status> {
-        let committed = self.committed.borrow().clone().ok_or_else(|| {
-            Status::unavailable("the checkpoint is not loaded yet (is Postgres reachable?); retry")
-        })?;
+        let rows: Vec<(i32, i64, i64, String, f64, i64)> = sqlx::query_as(TOTALS)
+            .bind(&self.stream)
+            .bind(&self.name)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!("cannot read the totals from Postgres: {e}; retry"))
+            })?;
+        let (total_distance, ride_count) = rows.first().map_or((0.0, 0), |r| (r.4, r.5));
+        let partitions: Vec<PartitionPosition> = rows
+            .into_iter()
+            .map(
+                |(partition, last_seq, ride_count, owner, ..)| PartitionPosition {
+                    partition,
+                    last_seq,
+                    last_stream_id: StreamId::of_seq(last_seq).to_string(),
+                    ride_count,
+                    owner,
+                },
+            )
+            .collect();
+        let last_stream_id = partitions
+            .first()
+            .map_or_else(|| StreamId::ZERO.to_string(), |p| p.last_stream_id.clone());
         Ok(Response::new(GetTotalResponse {
             consumer: self.name.clone(),
-            total_distance: committed.total_distance,
-            ride_count: committed.ride_count,
-            last_stream_id: committed.stream_id().to_string(),
+            total_distance,
+            ride_count,
+            last_stream_id,
+            partitions,
         }))
     }
 }

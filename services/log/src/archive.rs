@@ -6,36 +6,51 @@ use sqlx::{PgExecutor, PgPool};
 
 use crate::{LogRecord, stream};
 
-/// The log's head row (see the schema).
+/// A partition's head: the log's identity and stream with the partition's own state (see the
+/// schema).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Head {
     pub log_id: String,
     pub stream: Option<String>,
+    pub partition: i32,
     pub epoch: i64,
     pub last_seq: i64,
     pub streamed_seq: i64,
 }
 
-pub async fn head(db: impl PgExecutor<'_>) -> Result<Head, sqlx::Error> {
-    sqlx::query_as("SELECT log_id, stream, epoch, last_seq, streamed_seq FROM log_head")
+pub async fn head(db: impl PgExecutor<'_>, partition: i32) -> Result<Head, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT h.log_id, h.stream, p.partition, p.epoch, p.last_seq, p.streamed_seq
+         FROM log_head h CROSS JOIN log_partitions p WHERE p.partition = $1",
+    )
+    .bind(partition)
+    .fetch_one(db)
+    .await
+}
+
+/// The log's identity: its id, the stream it is claimed for (if yet), its partition count.
+pub async fn log(db: impl PgExecutor<'_>) -> Result<(String, Option<String>, i32), sqlx::Error> {
+    sqlx::query_as("SELECT log_id, stream, partitions FROM log_head")
         .fetch_one(db)
         .await
 }
 
-/// Numbered records with `after < seq <= upto`, in order, at most `limit`.
+/// A partition's numbered records with `after < seq <= upto`, in order, at most `limit`.
 pub async fn range(
     db: impl PgExecutor<'_>,
+    partition: i32,
     after: i64,
     upto: i64,
     limit: i64,
 ) -> Result<Vec<LogRecord>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT h.log_id AS log, r.epoch, r.seq, r.ride_id, r.distance::text AS distance,
-                r.traceparent, r.tracestate
+        "SELECT h.log_id AS log, r.partition, r.epoch, r.seq, r.ride_id,
+                r.distance::text AS distance, r.traceparent, r.tracestate
          FROM log_records r CROSS JOIN log_head h
-         WHERE r.seq > $1 AND r.seq <= $2
-         ORDER BY r.seq LIMIT $3",
+         WHERE r.partition = $1 AND r.seq > $2 AND r.seq <= $3
+         ORDER BY r.seq LIMIT $4",
     )
+    .bind(partition)
     .bind(after)
     .bind(upto)
     .bind(limit)
@@ -43,9 +58,13 @@ pub async fn range(
     .await
 }
 
-/// The oldest seq the archive still holds, if any.
-pub async fn first_seq(db: impl PgExecutor<'_>) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar("SELECT min(seq) FROM log_records WHERE seq IS NOT NULL")
+/// The oldest seq a partition's archive still holds, if any.
+pub async fn first_seq(
+    db: impl PgExecutor<'_>,
+    partition: i32,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT min(seq) FROM log_records WHERE partition = $1 AND seq IS NOT NULL")
+        .bind(partition)
         .fetch_one(db)
         .await
 }
@@ -63,6 +82,7 @@ pub struct Divergence {
 pub async fn first_divergence<E>(
     pool: &PgPool,
     redis: &mut impl ConnectionLike,
+    partition: i32,
     stream_name: &str,
     after: i64,
     upto: i64,
@@ -74,7 +94,7 @@ where
     let mut from = after;
     while from < upto {
         let last = (from + chunk).min(upto);
-        let archived = range(pool, from, last, chunk).await?;
+        let archived = range(pool, partition, from, last, chunk).await?;
         let entries = stream::read_range(redis, stream_name, from + 1, last).await?;
         let mut archived = archived.into_iter().peekable();
         for entry in entries {

@@ -1,7 +1,8 @@
 //! The log record: what the streamer writes to the stream for one ride and consumers read back.
 //!
-//! A record names the log it belongs to (`log`, random per database), the `epoch` of the leader
-//! that numbered it, its position `seq` (also its stream id, `<seq>-0`, so Redis itself refuses
+//! A record names the log it belongs to (`log`, random per database), its `partition`, the
+//! `epoch` of the partition's leader that numbered it, its position `seq` in the partition
+//! (also its stream id, `<seq>-0`, so Redis itself refuses
 //! a duplicate or a regression and no clock matters), and the ride. A consumer applies a record
 //! only when all of that agrees with the archive in Postgres, never on `seq` alone.
 
@@ -18,6 +19,7 @@ pub const DISTANCE_DECIMALS: usize = 3;
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct LogRecord {
     pub log: String,
+    pub partition: i32,
     pub epoch: i64,
     pub seq: i64,
     pub ride_id: i64,
@@ -51,6 +53,7 @@ impl LogRecord {
     pub fn fields(&self) -> Vec<(&'static str, String)> {
         let mut fields = vec![
             ("log", self.log.clone()),
+            ("partition", self.partition.to_string()),
             ("epoch", self.epoch.to_string()),
             ("seq", self.seq.to_string()),
             ("ride_id", self.ride_id.to_string()),
@@ -65,17 +68,18 @@ impl LogRecord {
         fields
     }
 
-    /// How the record reads in an error message: ride, distance, epoch and log.
+    /// How the record reads in an error message: ride, distance, partition, epoch and log.
     pub fn describe(&self) -> String {
         format!(
-            "ride {} ({} m, epoch {}, log {})",
-            self.ride_id, self.distance, self.epoch, self.log
+            "ride {} ({} m, partition {}, epoch {}, log {})",
+            self.ride_id, self.distance, self.partition, self.epoch, self.log
         )
     }
 
     /// Whether `other` is the same record (the trace context aside, which each hop rewrites).
     pub fn same_as(&self, other: &LogRecord) -> bool {
         self.log == other.log
+            && self.partition == other.partition
             && self.epoch == other.epoch
             && self.seq == other.seq
             && self.ride_id == other.ride_id
@@ -118,8 +122,20 @@ impl LogRecord {
                 reason: "does not match the entry's id",
             });
         }
+        // Entries written before the log had partitions carry none: they are partition 0's.
+        let partition = match entry.get::<String>("partition") {
+            None => 0,
+            Some(_) => {
+                i32::try_from(number("partition", 0)?).map_err(|_| RecordError::Invalid {
+                    field: "partition",
+                    value: text("partition").unwrap_or_default(),
+                    reason: "expected a partition number",
+                })?
+            }
+        };
         Ok(Self {
             log: text("log")?,
+            partition,
             epoch: number("epoch", 0)?,
             seq,
             ride_id: number("ride_id", 1)?,
@@ -179,6 +195,7 @@ mod tests {
     fn record(seq: i64, distance: &str) -> LogRecord {
         LogRecord {
             log: "l1".into(),
+            partition: 2,
             epoch: 3,
             seq,
             ride_id: 42,

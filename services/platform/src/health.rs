@@ -124,3 +124,53 @@ pub async fn monitor(
     }
     health.set_ready(false).await;
 }
+
+/// Whether every part of a service (each partition it works on) is sound: the service is held
+/// NOT_SERVING while any part is not. Cheap to clone; clones share the state.
+#[derive(Clone)]
+pub struct Soundness {
+    unsound: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<i32>>>,
+    held: watch::Sender<bool>,
+}
+
+impl Soundness {
+    /// All sound; the receiver is what `Runner::monitor` holds the service back by.
+    pub fn new() -> (Self, watch::Receiver<bool>) {
+        let (held, receiver) = watch::channel(true);
+        let soundness = Self {
+            unsound: Default::default(),
+            held,
+        };
+        (soundness, receiver)
+    }
+
+    /// Marks `part` sound or not; returns whether it was sound before.
+    pub fn set(&self, part: i32, sound: bool) -> bool {
+        let mut unsound = self.unsound.lock().expect("not poisoned");
+        let was = !unsound.contains(&part);
+        if sound {
+            unsound.remove(&part);
+        } else {
+            unsound.insert(part);
+        }
+        self.held.send_replace(unsound.is_empty());
+        was
+    }
+}
+
+#[cfg(test)]
+mod soundness_tests {
+    use super::*;
+
+    #[test]
+    fn unsound_while_any_part_is() {
+        let (parts, held) = Soundness::new();
+        assert!(parts.set(0, false));
+        assert!(parts.set(1, false));
+        assert!(!*held.borrow());
+        assert!(!parts.set(0, true));
+        assert!(!*held.borrow(), "part 1 still holds it back");
+        parts.set(1, true);
+        assert!(*held.borrow());
+    }
+}

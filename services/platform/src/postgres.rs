@@ -65,8 +65,14 @@ impl PostgresConfig {
 
     /// A lazily connecting pool.
     pub fn pool(&self) -> Result<PgPool, Error> {
+        self.pool_of(self.pool_size)
+    }
+
+    /// A lazily connecting pool of at least `size` connections (`DATABASE_POOL_SIZE` if more),
+    /// for work that keeps one connection per task.
+    pub fn pool_of(&self, size: u32) -> Result<PgPool, Error> {
         Ok(PgPoolOptions::new()
-            .max_connections(self.pool_size)
+            .max_connections(size.max(self.pool_size))
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(self.options()?))
     }

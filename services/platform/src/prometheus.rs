@@ -33,3 +33,20 @@ pub fn install(
     // The exporter's error is not a std error; keep what it says.
     Ok(async move { exporter.await.map_err(|e| format!("{e:?}").into()) })
 }
+
+/// Raises a gauge by one while alive, so it drops back however what it counts ends (a
+/// partition led, a partition halted).
+pub struct Raised(metrics::Gauge);
+
+impl Raised {
+    pub fn new(gauge: &metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Raised {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}

@@ -70,6 +70,9 @@ pub async fn run(
     let _ = in_flight.acquire_many(MAX_IN_FLIGHT as u32).await;
 }
 
+/// How many riders the simulated rides are spread over.
+const RIDERS: u32 = 500;
+
 async fn create_one(
     mut client: RideServiceClient<Channel>,
     created: &Counter,
@@ -77,9 +80,12 @@ async fn create_one(
     cancel: &CancellationToken,
 ) {
     let distance = (rand::rng().random_range(5.0..=1000.0_f64) * 100.0).round() / 100.0;
+    // A few hundred riders, so each partition sees several and each rider several rides.
+    let rider = rand::rng().random_range(0..RIDERS);
     let request = CreateRideRequest {
         distance: Some(distance),
         idempotency_key: uuid::Uuid::new_v4().to_string(),
+        rider_id: format!("rider-{rider}"),
     };
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {

@@ -23,8 +23,11 @@ pub struct Config {
     /// streamed (default 1 on a cluster, where a master's failover would otherwise lose what
     /// it had not passed on; 0 on a standalone Redis).
     pub wait_replicas: u32,
-    /// `STREAM_NAME`: the Redis stream that is the log.
+    /// `STREAM_NAME`: the log's name; partition `p` is the stream `<STREAM_NAME>:{<p>}`.
     pub stream: String,
+    /// `LOG_PARTITIONS`: if set, the partition count this streamer expects; it refuses to run
+    /// against a log with another (unset: whatever the log has).
+    pub partitions: Option<i32>,
     /// `BATCH_SIZE`: records per batch (default 1000).
     pub batch_size: u32,
     /// `BATCH_LINGER_MS`: after a batch smaller than `BATCH_SIZE`, how long to let the next
@@ -59,6 +62,7 @@ impl Config {
                 .get("STREAM_NAME")
                 .unwrap_or(DEFAULT_STREAM)
                 .to_string(),
+            partitions: vars.parse("LOG_PARTITIONS")?,
             batch_size: vars.positive("BATCH_SIZE", 1000)?,
             linger: Duration::from_millis(vars.parse_or("BATCH_LINGER_MS", 5)?),
             max_len: vars.positive("STREAM_MAX_LEN", 10_000)?,

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use rocket_rides_log::{archive, partition};
 use rocket_rides_platform::redis_conn::RedisConnection;
 use rocket_rides_platform::shutdown::CancellationToken;
 use sqlx::PgPool;
@@ -18,19 +19,27 @@ const STAGED: &str = "
     SELECT count(*), COALESCE(EXTRACT(epoch FROM now() - min(created_at)), 0)::float8
     FROM log_records WHERE seq IS NULL";
 
-/// Age of the archive's oldest record (what a republish or a late consumer can still reach).
+/// Age of the archive's oldest record, over all partitions (what a republish or a late
+/// consumer can still reach).
 const ARCHIVE_AGE: &str = "
-    SELECT COALESCE(EXTRACT(epoch FROM now() - numbered_at)::float8, 0) FROM log_records
-    WHERE seq = (SELECT min(seq) FROM log_records)";
+    SELECT COALESCE(max(EXTRACT(epoch FROM now() - (
+        SELECT numbered_at FROM log_records r
+        WHERE r.partition = p.partition AND r.seq IS NOT NULL ORDER BY r.seq LIMIT 1
+    ))::float8), 0)
+    FROM log_partitions p";
 
+/// Per consumer, over its partitions: records behind, age of the oldest one not applied, and
+/// whether it has expired (silent for CONSUMER_EXPIRY while behind) in any.
 const CONSUMERS: &str = "
     SELECT c.name,
-           GREATEST(h.last_seq - c.last_seq, 0),
-           COALESCE((SELECT EXTRACT(epoch FROM now() - r.numbered_at)::float8
-                     FROM log_records r WHERE r.seq = c.last_seq + 1), 0),
-           c.updated_at < now() - make_interval(secs => $2) AND c.last_seq < h.last_seq
-    FROM consumers c CROSS JOIN log_head h
-    WHERE c.stream = $1";
+           sum(GREATEST(p.last_seq - c.last_seq, 0))::bigint,
+           COALESCE(max((SELECT EXTRACT(epoch FROM now() - r.numbered_at)::float8
+                         FROM log_records r
+                         WHERE r.partition = c.partition AND r.seq = c.last_seq + 1)), 0),
+           bool_or(c.updated_at < now() - make_interval(secs => $2) AND c.last_seq < p.last_seq)
+    FROM consumer_positions c JOIN log_partitions p USING (partition)
+    WHERE c.stream = $1
+    GROUP BY c.name";
 
 pub async fn run(
     pool: PgPool,
@@ -63,9 +72,17 @@ async fn measure(
     let (staged, oldest): (i64, f64) = sqlx::query_as(STAGED).fetch_one(pool).await?;
     metrics.staged.set(staged as f64);
     metrics.oldest_staged.set(oldest);
-    let archive_age: Option<f64> = sqlx::query_scalar(ARCHIVE_AGE).fetch_optional(pool).await?;
-    metrics.archive_age.set(archive_age.unwrap_or(0.0));
-    let len: u64 = redis::cmd("XLEN").arg(stream).query_async(redis).await?;
+    let archive_age: f64 = sqlx::query_scalar(ARCHIVE_AGE).fetch_one(pool).await?;
+    metrics.archive_age.set(archive_age);
+    let (_, _, partitions) = archive::log(pool).await?;
+    let mut len = 0;
+    for p in 0..partitions {
+        let key = partition::stream_key(stream, p);
+        len += redis::cmd("XLEN")
+            .arg(key)
+            .query_async::<u64>(redis)
+            .await?;
+    }
     metrics.stream_length.set(len as f64);
 
     let consumers: Vec<(String, i64, f64, bool)> = sqlx::query_as(CONSUMERS)

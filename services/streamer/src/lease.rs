@@ -1,4 +1,4 @@
-//! Leadership as a lease in the log's head row, fenced by the epoch. A leader renews its lease
+//! Leadership of a partition as a lease in its `log_partitions` row, fenced by the epoch. A leader renews its lease
 //! with every numbering statement; a standby takes over once the lease has run out (a leader
 //! that died, hung, or lost its network), and takes a new epoch. Everything a leader writes to
 //! Postgres is conditional on its epoch still being current, so a frozen leader that wakes up
@@ -17,6 +17,7 @@ pub const LEASE: Duration = Duration::from_secs(10);
 /// state, so the next leadership takes a new epoch.
 #[derive(Debug, Clone)]
 pub struct Lease {
+    pub partition: i32,
     pub holder: String,
     pub epoch: i64,
     pub server: String,
@@ -27,23 +28,26 @@ pub struct Lease {
 /// hand out an epoch that the stream has already seen.
 pub async fn acquire(
     pool: &PgPool,
+    partition: i32,
     holder: &str,
     seen_epoch: i64,
 ) -> Result<Option<Lease>, sqlx::Error> {
     let taken: Option<(i64, String)> = sqlx::query_as(
-        "UPDATE log_head SET
+        "UPDATE log_partitions SET
             leader = $1,
             lease_until = now() + make_interval(secs => $2),
             epoch = GREATEST(epoch, $3) + 1
-         WHERE leader IS NULL OR leader = $1 OR lease_until < now()
+         WHERE partition = $4 AND (leader IS NULL OR leader = $1 OR lease_until < now())
          RETURNING epoch, pg_postmaster_start_time()::text",
     )
     .bind(holder)
     .bind(LEASE.as_secs_f64())
     .bind(seen_epoch)
+    .bind(partition)
     .fetch_optional(pool)
     .await?;
     Ok(taken.map(|(epoch, server)| Lease {
+        partition,
         holder: holder.to_string(),
         epoch,
         server,
@@ -53,11 +57,12 @@ pub async fn acquire(
 /// Gives the lease up (on shutdown), so a standby need not wait for it to expire.
 pub async fn release(pool: &PgPool, lease: &Lease) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE log_head SET leader = NULL, lease_until = '-infinity'
-         WHERE leader = $1 AND epoch = $2",
+        "UPDATE log_partitions SET leader = NULL, lease_until = '-infinity'
+         WHERE partition = $3 AND leader = $1 AND epoch = $2",
     )
     .bind(&lease.holder)
     .bind(lease.epoch)
+    .bind(lease.partition)
     .execute(pool)
     .await?;
     Ok(())

@@ -1,10 +1,12 @@
 //! `rocket-rides-streamer`: numbers staged log records in Postgres and moves them into the
-//! Redis stream, in batches, and keeps the stream bounded. Safe to run as several replicas:
-//! one leads (a lease), the others stand by. Serves only gRPC health (for probes). Also the
-//! operator's repairs: `republish` and `rewind`.
+//! Redis streams, one per partition, in batches, and keeps the streams bounded. Safe to run as
+//! several replicas: each partition has one leader at a time (a lease), the others stand by.
+//! Serves only gRPC health (for probes). Also the operator's repairs: `republish` and
+//! `rewind`.
 
 pub mod config;
 mod gauges;
+mod leaders;
 mod lease;
 mod metrics;
 mod partitions;
@@ -15,12 +17,15 @@ mod trim;
 use std::time::Duration;
 
 use rocket_rides_platform::{
-    Error, grpc, health::Dependency, runner::Runner, shutdown::CancellationToken,
+    Error, grpc,
+    health::{Dependency, Soundness},
+    runner::Runner,
+    shutdown::CancellationToken,
 };
-use tokio::{net::TcpListener, sync::watch};
+use tokio::net::TcpListener;
 
 pub use crate::config::Config;
-use crate::{metrics::Metrics, streamer::Streamer};
+use crate::{leaders::Leaders, metrics::Metrics};
 
 /// The binary's name, as logs, traces and health show it.
 pub const NAME: &str = "rocket-rides-streamer";
@@ -35,7 +40,7 @@ pub async fn run(
     let metrics = Metrics::register();
     let pool = config.postgres.pool()?;
     let redis = config.redis.connect(Duration::from_secs(10))?;
-    let (sound, held) = watch::channel(true);
+    let (sound, held) = Soundness::new();
     runner.monitor(
         vec![
             Dependency::Postgres(pool.clone()),
@@ -65,16 +70,14 @@ pub async fn run(
         double_send_rate = config.double_send_rate,
         "streamer starting"
     );
-    let streamer = Streamer {
+    let leaders = Leaders {
         holder: holder(),
         config,
         pool: pool.clone(),
-        redis,
         metrics,
         sound,
-        progress: std::time::Instant::now(),
     };
-    runner.spawn_worker("streamer", streamer.run(runner.cancel()));
+    runner.spawn_worker("streamer", leaders.run(runner.cancel()));
     let result = runner.run().await;
     pool.close().await;
     result

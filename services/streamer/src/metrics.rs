@@ -12,14 +12,14 @@ pub struct Metrics {
     pub batch_size: Histogram,
     /// `rocket_rides_streamer_batch_duration_seconds`
     pub batch_duration: Histogram,
-    /// `rocket_rides_streamer_leader`: 1 while this replica leads.
+    /// `rocket_rides_streamer_leader`: how many partitions this replica leads.
     pub leader: Gauge,
     /// `rocket_rides_staged_records`: the outbox's backlog.
     pub staged: Gauge,
-    /// `rocket_rides_stream_length`
+    /// `rocket_rides_stream_length`: entries in all partitions' streams.
     pub stream_length: Gauge,
-    /// `rocket_rides_streamer_halted`: 1 while the leader refuses to stream on (the log
-    /// disagrees with the archive).
+    /// `rocket_rides_streamer_halted`: partitions whose leader here refuses to stream on (the
+    /// log disagrees with the archive).
     pub halted: Gauge,
     /// `rocket_rides_oldest_staged_seconds`: age of the oldest record not yet numbered.
     pub oldest_staged: Gauge,

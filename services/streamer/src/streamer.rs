@@ -1,4 +1,4 @@
-//! Moving staged records into the stream.
+//! Moving one partition's staged records into its stream (a `Streamer` per partition).
 //!
 //! The leader numbers committed records in a statement of its own (`NUMBER`): a record whose
 //! transaction commits late simply gets a later number, so no ride ever waits on an unrelated
@@ -16,15 +16,17 @@ use rand::Rng;
 use rocket_rides_log::{
     LogRecord,
     archive::{self, Head},
-    sql, stream,
+    stream,
 };
-use rocket_rides_platform::redis_conn::RedisConnection;
 use rocket_rides_platform::{
+    health::Soundness,
+    prometheus::Raised,
+    redis_conn::RedisConnection,
     retry::Backoff,
     shutdown::CancellationToken,
     telemetry::{propagation, spans},
 };
-use sqlx::{PgConnection, PgPool, postgres::PgListener};
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -56,33 +58,39 @@ const TRIM_EVERY: Duration = Duration::from_secs(1);
 /// is lost.
 const NUMBER: &str = "
     WITH head AS (
-        SELECT last_seq FROM log_head
-        WHERE leader = $1 AND epoch = $2 AND lease_until > now()
+        SELECT last_seq FROM log_partitions
+        WHERE partition = $7 AND leader = $1 AND epoch = $2 AND lease_until > now()
             AND pg_postmaster_start_time()::text = $5
         FOR UPDATE
     ), picked AS (
         SELECT id, row_number() OVER (ORDER BY id) AS n
-        FROM (SELECT id FROM log_records WHERE seq IS NULL ORDER BY id LIMIT $3 FOR UPDATE) s
+        FROM (SELECT id FROM log_records WHERE partition = $7 AND seq IS NULL
+              ORDER BY id LIMIT $3 FOR UPDATE) s
     ), numbered AS (
         UPDATE log_records r
         SET seq = head.last_seq + picked.n, epoch = $2, numbered_at = now()
         FROM picked, head
         -- `seq IS NULL` confines the update to the staged partition; without it every
         -- archive partition is scanned for the ids.
-        WHERE r.id = picked.id AND r.seq IS NULL
+        WHERE r.partition = $7 AND r.id = picked.id AND r.seq IS NULL
         RETURNING r.seq
+    ), moved AS (
+        UPDATE log_partitions SET
+            last_seq = last_seq + (SELECT count(*) FROM numbered),
+            streamed_seq = GREATEST(streamed_seq, $6),
+            lease_until = now() + make_interval(secs => $4)
+        WHERE partition = $7 AND leader = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM head)
+        RETURNING partition, epoch, last_seq, streamed_seq
     )
-    UPDATE log_head SET
-        last_seq = last_seq + (SELECT count(*) FROM numbered),
-        streamed_seq = GREATEST(streamed_seq, $6),
-        lease_until = now() + make_interval(secs => $4)
-    WHERE leader = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM head)
-    RETURNING log_id, stream, epoch, last_seq, streamed_seq, (SELECT count(*) FROM numbered)";
+    SELECT h.log_id, h.stream, m.partition, m.epoch, m.last_seq, m.streamed_seq,
+           (SELECT count(*) FROM numbered) AS numbered
+    FROM moved m CROSS JOIN log_head h";
 
-/// Records that Redis holds the log up to `$3`; fenced like `NUMBER`.
+/// Records that Redis holds the partition up to `$3`; fenced like `NUMBER`.
 const STREAMED: &str = "
-    UPDATE log_head SET streamed_seq = GREATEST(streamed_seq, $3)
-    WHERE leader = $1 AND epoch = $2 AND pg_postmaster_start_time()::text = $4";
+    UPDATE log_partitions SET streamed_seq = GREATEST(streamed_seq, $3)
+    WHERE partition = $5 AND leader = $1 AND epoch = $2
+        AND pg_postmaster_start_time()::text = $4";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -122,6 +130,14 @@ pub enum Halt {
     Diverged { seq: i64, reason: String },
 }
 
+/// The head after a numbering statement, and how many records it numbered.
+#[derive(sqlx::FromRow)]
+struct Numbered {
+    #[sqlx(flatten)]
+    head: Head,
+    numbered: i64,
+}
+
 /// What a pass sent: how many records, and up to which seq the next numbering statement records
 /// Redis as holding the log (none when the failure simulation forgot).
 #[derive(Debug, Default)]
@@ -130,32 +146,21 @@ struct Sent {
     recorded_upto: Option<i64>,
 }
 
-/// Sets the leader gauge while alive, so it drops back to 0 however leadership ends.
-struct Leading(metrics::Gauge);
-
-impl Leading {
-    fn start(gauge: &metrics::Gauge) -> Self {
-        gauge.set(1.0);
-        Self(gauge.clone())
-    }
-}
-
-impl Drop for Leading {
-    fn drop(&mut self) {
-        self.0.set(0.0);
-    }
-}
-
 pub struct Streamer {
     pub config: Config,
+    /// The partition this streamer leads (or stands by for), and its stream.
+    pub partition: i32,
+    pub stream: String,
     /// This replica's name in the lease.
     pub holder: String,
     pub pool: PgPool,
     pub redis: RedisConnection,
     pub metrics: Metrics,
-    /// False while halted, or failing for longer than `PROGRESS_TIMEOUT`: the service is then
+    /// Unsound while halted, or failing for longer than `PROGRESS_TIMEOUT`: the service is then
     /// held NOT_SERVING.
-    pub sound: watch::Sender<bool>,
+    pub sound: Soundness,
+    /// Bumped when the api says records were committed.
+    pub wake: watch::Receiver<u64>,
     /// When this replica last did its part (a pass of the leader's loop, or a standby's try).
     pub progress: Instant,
 }
@@ -171,7 +176,9 @@ impl Streamer {
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?delay, "streaming interrupted; nothing is lost, retrying");
                     let stalled = self.progress.elapsed();
-                    if stalled >= self.config.progress_timeout && self.sound.send_replace(false) {
+                    if stalled >= self.config.progress_timeout
+                        && self.sound.set(self.partition, false)
+                    {
                         tracing::error!(error = %e, ?stalled, "no progress for longer than PROGRESS_TIMEOUT; reporting NOT_SERVING until streaming resumes");
                     }
                     tokio::select! {
@@ -192,7 +199,9 @@ impl Streamer {
         let mut standing_by = false;
         let lease = loop {
             let seen = self.newest_epoch().await?;
-            if let Some(lease) = lease::acquire(&self.pool, &self.holder, seen).await? {
+            if let Some(lease) =
+                lease::acquire(&self.pool, self.partition, &self.holder, seen).await?
+            {
                 break lease;
             }
             self.progressed();
@@ -205,9 +214,13 @@ impl Streamer {
                 _ = tokio::time::sleep(IDLE_POLL) => {}
             }
         };
-        tracing::info!(epoch = lease.epoch, "leading: streaming staged records");
+        tracing::info!(
+            partition = self.partition,
+            epoch = lease.epoch,
+            "leading: streaming staged records"
+        );
         backoff.reset();
-        let _leading = Leading::start(&self.metrics.leader);
+        let _leading = Raised::new(&self.metrics.leader);
         let result = self.stream(&lease, cancel).await;
         if result.is_ok() {
             lease::release(&self.pool, &lease).await.ok();
@@ -220,14 +233,13 @@ impl Streamer {
         lease: &Lease,
         cancel: &CancellationToken,
     ) -> Result<(), StreamError> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(sql::WAKE_CHANNEL).await?;
         // The hot statements run on one connection: a pooled statement costs two more round
         // trips (the pool pings a connection when it is taken and when it is given back).
         // Dropped with any error, which the pool then closes if it is broken.
         let mut db = self.pool.acquire().await?;
-        let mut halted: Option<(Halt, Instant)> = None;
+        let mut halted: Option<(Halt, Instant, Raised)> = None;
         let batch = i64::from(self.config.batch_size);
+        let p = self.partition;
         let (mut last_seq, mut partitioned) = (0, 0);
         // Sent by the previous pass, recorded by the next numbering statement.
         let mut sent_upto = 0;
@@ -241,7 +253,7 @@ impl Streamer {
                 return Ok(());
             }
             if last_seq + batch > partitioned {
-                partitioned = partitions::ensure(&self.pool, batch).await?;
+                partitioned = partitions::ensure(&self.pool, p, batch).await?;
             }
             let (head, numbered) = self.number(&mut db, lease, sent_upto).await?;
             last_seq = head.last_seq;
@@ -252,15 +264,14 @@ impl Streamer {
                     consumer_expiry,
                     ..
                 } = &self.config;
-                partitions::prune(&self.pool, stream, *log_retention, *consumer_expiry).await?;
+                partitions::prune(&self.pool, p, stream, *log_retention, *consumer_expiry).await?;
                 pruned_at = Some(Instant::now());
             }
             let sent = match self.check(lease, head).await? {
                 Ok(head) => {
-                    if let Some((halt, _)) = halted.take() {
-                        tracing::info!(was = %halt, "the log agrees with the archive again; streaming on");
-                        self.sound.send_replace(true);
-                        self.metrics.halted.set(0.0);
+                    if let Some((halt, ..)) = halted.take() {
+                        tracing::info!(partition = p, was = %halt, "the log agrees with the archive again; streaming on");
+                        self.sound.set(p, true);
                     }
                     let sent = self.send(&mut db, lease, &head).await?;
                     sent_upto = sent.recorded_upto.unwrap_or(head.streamed_seq);
@@ -270,13 +281,16 @@ impl Streamer {
                 Err(halt) => {
                     let remind = halted
                         .as_ref()
-                        .is_none_or(|(was, at)| *was != halt || at.elapsed() >= REMIND);
+                        .is_none_or(|(was, at, _)| *was != halt || at.elapsed() >= REMIND);
                     if remind {
-                        tracing::error!(error = %halt, "stopped streaming: the log would be wrong");
-                        halted = Some((halt, Instant::now()));
+                        tracing::error!(partition = p, error = %halt, "stopped streaming: the log would be wrong");
+                        let raised = match halted.take() {
+                            Some((.., raised)) => raised,
+                            None => Raised::new(&self.metrics.halted),
+                        };
+                        halted = Some((halt, Instant::now(), raised));
                     }
-                    self.sound.send_replace(false);
-                    self.metrics.halted.set(1.0);
+                    self.sound.set(p, false);
                     tokio::select! {
                         _ = cancel.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(RECHECK) => {}
@@ -287,7 +301,7 @@ impl Streamer {
             if stream_len > u64::from(self.config.max_len)
                 || trimmed_at.is_none_or(|at| at.elapsed() >= TRIM_EVERY)
             {
-                stream_len = trim::trim(&self.pool, &mut self.redis, &self.config).await?;
+                stream_len = trim::trim(&self.pool, &mut self.redis, &self.config, p).await?;
                 trimmed_at = Some(Instant::now());
             }
             self.progressed();
@@ -302,13 +316,11 @@ impl Streamer {
                 }
                 continue;
             }
+            // One pass serves every commit that notified so far.
+            self.wake.mark_unchanged();
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
-                notification = listener.recv() => {
-                    notification?;
-                    // One pass serves every commit that notified so far.
-                    while listener.next_buffered().is_some() {}
-                }
+                _ = self.wake.changed() => {}
                 _ = tokio::time::sleep(IDLE_POLL) => {}
             }
         }
@@ -317,7 +329,7 @@ impl Streamer {
     /// A pass went through: healthy again, as far as progress goes.
     fn progressed(&mut self) {
         self.progress = Instant::now();
-        self.sound.send_replace(true);
+        self.sound.set(self.partition, true);
     }
 
     /// Numbers the next staged records, records `sent_upto` and renews the lease; returns the
@@ -328,25 +340,20 @@ impl Streamer {
         lease: &Lease,
         sent_upto: i64,
     ) -> Result<(Head, i64), StreamError> {
-        let row: Option<(String, Option<String>, i64, i64, i64, i64)> = sqlx::query_as(NUMBER)
+        let row: Option<Numbered> = sqlx::query_as(NUMBER)
             .bind(&lease.holder)
             .bind(lease.epoch)
             .bind(i64::from(self.config.batch_size))
             .bind(LEASE.as_secs_f64())
             .bind(&lease.server)
             .bind(sent_upto)
+            .bind(lease.partition)
             .fetch_optional(db)
-            .instrument(spans::postgres("UPDATE log_records, log_head (number)"))
+            .instrument(spans::postgres(
+                "UPDATE log_records, log_partitions (number)",
+            ))
             .await?;
-        let (log_id, stream, epoch, last_seq, streamed_seq, numbered) =
-            row.ok_or(StreamError::Fenced(lease.epoch))?;
-        let head = Head {
-            log_id,
-            stream,
-            epoch,
-            last_seq,
-            streamed_seq,
-        };
+        let Numbered { head, numbered } = row.ok_or(StreamError::Fenced(lease.epoch))?;
         Ok((head, numbered))
     }
 
@@ -373,11 +380,11 @@ impl Streamer {
                     .bind(configured)
                     .execute(&self.pool)
                     .await?;
-                head = archive::head(&self.pool).await?;
+                head = archive::head(&self.pool, self.partition).await?;
                 return Box::pin(self.check(lease, head)).await;
             }
         }
-        let stream_top = stream::last_id(&mut self.redis, configured)
+        let stream_top = stream::last_id(&mut self.redis, &self.stream)
             .await?
             .log_seq();
         if stream_top < head.streamed_seq {
@@ -397,7 +404,8 @@ impl Streamer {
             let diverged = archive::first_divergence::<StreamError>(
                 &self.pool,
                 &mut self.redis,
-                configured,
+                self.partition,
+                &self.stream,
                 head.streamed_seq,
                 stream_top,
                 chunk,
@@ -422,7 +430,8 @@ impl Streamer {
     ) -> Result<Sent, StreamError> {
         let started = Instant::now();
         let limit = i64::from(self.config.batch_size);
-        let records = archive::range(db, head.streamed_seq, head.last_seq, limit).await?;
+        let records =
+            archive::range(db, self.partition, head.streamed_seq, head.last_seq, limit).await?;
         let Some(last) = records.last().map(|r| r.seq) else {
             return Ok(Sent::default());
         };
@@ -431,7 +440,7 @@ impl Streamer {
             "stream batch",
             otel.kind = "producer",
             messaging.system = "redis",
-            messaging.destination.name = %self.config.stream,
+            messaging.destination.name = %self.stream,
             messaging.batch.message_count = count,
             log.epoch = lease.epoch,
             log.first_seq = head.streamed_seq + 1,
@@ -449,7 +458,7 @@ impl Streamer {
                 "stream ride",
                 otel.kind = "producer",
                 messaging.system = "redis",
-                messaging.destination.name = %self.config.stream,
+                messaging.destination.name = %self.stream,
                 ride.id = record.ride_id,
                 log.seq = record.seq,
             );
@@ -458,7 +467,7 @@ impl Streamer {
                 trace: propagation::of_span(&span),
                 ..record
             };
-            stream::add(&mut xadd, &self.config.stream, &record);
+            stream::add(&mut xadd, &self.stream, &record);
             record_spans.push(span);
         }
         xadd.query_async::<()>(&mut self.redis)
@@ -499,7 +508,7 @@ impl Streamer {
         }
         let acked = self
             .redis
-            .wait_for_replicas(&self.config.stream, wanted, REPLICA_WAIT)
+            .wait_for_replicas(&self.stream, wanted, REPLICA_WAIT)
             .await?;
         if acked < wanted {
             return Err(StreamError::NotReplicated { acked, wanted });
@@ -513,6 +522,7 @@ impl Streamer {
             .bind(lease.epoch)
             .bind(upto)
             .bind(&lease.server)
+            .bind(lease.partition)
             .execute(&self.pool)
             .await?
             .rows_affected();
@@ -524,12 +534,12 @@ impl Streamer {
 
     /// The epoch of the stream's newest entry (0 when there is none or it is unreadable).
     async fn newest_epoch(&mut self) -> Result<i64, StreamError> {
-        let top = stream::last_id(&mut self.redis, &self.config.stream).await?;
+        let top = stream::last_id(&mut self.redis, &self.stream).await?;
         if top == rocket_rides_log::StreamId::ZERO {
             return Ok(0);
         }
         let seq = top.log_seq();
-        let entries = stream::read_range(&mut self.redis, &self.config.stream, seq, seq).await?;
+        let entries = stream::read_range(&mut self.redis, &self.stream, seq, seq).await?;
         Ok(entries
             .first()
             .and_then(|e| e.record.as_ref().ok())

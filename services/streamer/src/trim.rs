@@ -4,7 +4,7 @@
 //! consumers silent for longer than `CONSUMER_EXPIRY`, do not hold the stream back: the archive
 //! in Postgres has what they need.
 
-use rocket_rides_log::{StreamId, stream};
+use rocket_rides_log::{StreamId, partition, stream};
 use rocket_rides_platform::redis_conn::RedisConnection;
 use sqlx::PgPool;
 
@@ -12,24 +12,27 @@ use crate::{Config, streamer::StreamError};
 
 /// Checkpoints of the consumers that still hold the stream back.
 pub const LIVE_CHECKPOINTS: &str = "
-    SELECT last_seq FROM consumers
-    WHERE stream = $1 AND updated_at > now() - make_interval(secs => $2)";
+    SELECT last_seq FROM consumer_positions
+    WHERE stream = $1 AND partition = $3 AND updated_at > now() - make_interval(secs => $2)";
 
-/// Trims the stream if it is longer than `STREAM_MAX_LEN`; returns its length afterwards.
+/// Trims partition `p`'s stream if it is longer than `STREAM_MAX_LEN`; returns its length
+/// afterwards.
 pub async fn trim(
     pool: &PgPool,
     redis: &mut RedisConnection,
     config: &Config,
+    p: i32,
 ) -> Result<u64, StreamError> {
-    let stream = &config.stream;
+    let stream = &partition::stream_key(&config.stream, p);
     let len: u64 = redis::cmd("XLEN").arg(stream).query_async(redis).await?;
     if len <= u64::from(config.max_len) {
         return Ok(len);
     }
     let first = stream::read_first(redis, stream).await?;
     let checkpoints: Vec<i64> = sqlx::query_scalar(LIVE_CHECKPOINTS)
-        .bind(stream)
+        .bind(&config.stream)
         .bind(config.consumer_expiry.as_secs_f64())
+        .bind(p)
         .fetch_all(pool)
         .await?;
     let mut xtrim = redis::cmd("XTRIM");
