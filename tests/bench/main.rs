@@ -35,6 +35,18 @@ async fn main() {
     let steady = measure::end_to_end(&sys, &api, 1000.0, &settings).await;
     let overload = measure::overload(&sys, &api, 1000, settings.secs.max(10)).await;
 
+    // The log's throughput by partitions, on this Redis and on a 3-master cluster.
+    let mut partitioned = Vec::new();
+    for partitions in [1, 2, 4, measure::MAX_PARTITIONS] {
+        partitioned.push(measure::log_rates(&sys, &settings, partitions).await);
+    }
+    drop(api);
+    drop(sys);
+    let cluster = System::start_durable_on_cluster().await;
+    for partitions in [1, 2, 4, measure::MAX_PARTITIONS] {
+        partitioned.push(measure::log_rates(&cluster, &settings, partitions).await);
+    }
+
     let results = Results {
         settings,
         create_ride,
@@ -42,6 +54,7 @@ async fn main() {
         end_to_end,
         steady,
         overload,
+        partitioned,
     };
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     println!("{}", report::write(&results, &dir));

@@ -90,23 +90,35 @@ async fn reset(sys: &System) {
         .unwrap();
 }
 
-/// An empty log: no rides, no staged records, no stream, no consumers, sequence back at 0.
-async fn reset_log(sys: &System) {
+/// The most partitions a benchmark gives the log.
+pub const MAX_PARTITIONS: i32 = 8;
+
+/// An empty log of `partitions` partitions: no rides, no staged records, no streams, no
+/// consumers, sequences back at 0.
+async fn reset_log(sys: &System, partitions: i32) {
     reset(sys).await;
-    sqlx::query("UPDATE log_partitions SET last_seq = 0, streamed_seq = 0, leader = NULL")
+    sqlx::query(
+        "UPDATE log_partitions SET last_seq = 0, streamed_seq = 0, leader = NULL,
+             lease_until = '-infinity'",
+    )
+    .execute(&sys.db)
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM consumer_positions; DELETE FROM log_members")
         .execute(&sys.db)
         .await
         .unwrap();
-    sqlx::query("DELETE FROM consumer_positions")
-        .execute(&sys.db)
-        .await
-        .unwrap();
-    let mut redis = sys.redis.connection().await;
-    let _: () = redis::cmd("DEL")
-        .arg(rocket_rides_tests::stream(0))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    // One key at a time: on a cluster the streams live in different slots.
+    for p in 0..MAX_PARTITIONS {
+        let del = redis::cmd("DEL").arg(rocket_rides_tests::stream(p)).clone();
+        let deleted: redis::RedisResult<()> = match &sys.cluster {
+            Some(cluster) => del.query_async(&mut cluster.connection().await).await,
+            None => del.query_async(&mut sys.redis.connection().await).await,
+        };
+        deleted.unwrap();
+    }
+    let migrated = sys.migrate(&[("LOG_PARTITIONS", &partitions.to_string())]);
+    assert!(migrated.status.success(), "{migrated:?}");
 }
 
 /// Closed loop: `callers` tasks each calling CreateRide as soon as the last call returned.
@@ -285,13 +297,14 @@ fn xadd_reference(sys: &System) -> f64 {
 }
 
 /// Time for a fresh streamer to drain a pre-staged backlog into an empty stream.
-async fn drain_run(sys: &System, backlog: i64) -> f64 {
-    reset_log(sys).await;
+async fn drain_run(sys: &System, backlog: i64, partitions: i32) -> f64 {
+    reset_log(sys, partitions).await;
     sqlx::query(
-        "INSERT INTO log_records (ride_id, distance)
-         SELECT g, (5 + g % 995)::numeric FROM generate_series(1, $1) g",
+        "INSERT INTO log_records (partition, ride_id, distance)
+         SELECT g % $2, g, (5 + g % 995)::numeric FROM generate_series(1, $1) g",
     )
     .bind(backlog)
+    .bind(partitions)
     .execute(&sys.db)
     .await
     .unwrap();
@@ -322,12 +335,14 @@ async fn apply_run(sys: &System, name: &str, backlog: i64) -> f64 {
         "the consumer to apply the stream",
         Duration::from_secs(600),
         || async {
-            let seq: Option<i64> =
-                sqlx::query_scalar("SELECT last_seq FROM consumer_positions WHERE name = $1")
-                    .bind(name)
-                    .fetch_optional(&sys.db)
-                    .await
-                    .unwrap();
+            // Records applied: the partitions' seqs add up to them.
+            let seq: Option<i64> = sqlx::query_scalar(
+                "SELECT sum(last_seq)::bigint FROM consumer_positions WHERE name = $1",
+            )
+            .bind(name)
+            .fetch_optional(&sys.db)
+            .await
+            .unwrap();
             match seq {
                 Some(s) if s >= backlog => Ok(()),
                 other => Err(other),
@@ -722,22 +737,49 @@ pub struct Rates {
 /// The streamer draining a backlog into an empty stream, a new consumer applying it, and
 /// redis-benchmark's XADD on the same Redis.
 pub async fn rates(sys: &System, settings: &Settings) -> Rates {
+    let log = log_rates(sys, settings, 1).await;
+    let xadds = (0..settings.runs).map(|_| xadd_reference(sys)).collect();
+    Rates {
+        drain: log.drain,
+        apply: log.apply,
+        xadd: median(xadds),
+    }
+}
+
+/// Drain and apply rates with the log in `partitions` partitions.
+#[derive(Clone, Copy, Debug)]
+pub struct LogRates {
+    pub partitions: i32,
+    pub cluster: bool,
+    pub drain: f64,
+    pub apply: f64,
+}
+
+/// The streamer draining a backlog spread over `partitions` partitions, then a new consumer
+/// applying it (medians of the runs).
+pub async fn log_rates(sys: &System, settings: &Settings, partitions: i32) -> LogRates {
     let mut drains = Vec::new();
     let mut applies = Vec::new();
     for run in 0..settings.runs {
-        drains.push(drain_run(sys, settings.backlog).await);
+        drains.push(drain_run(sys, settings.backlog, partitions).await);
         let consumer = format!("bench-consumer-{run}");
         applies.push(apply_run(sys, &consumer, settings.backlog).await);
         eprintln!(
-            "drain {:.0} records/s, apply {:.0} records/s",
-            drains[run], applies[run]
+            "{partitions} partitions{}: drain {:.0} records/s, apply {:.0} records/s",
+            if sys.cluster.is_some() {
+                " on the cluster"
+            } else {
+                ""
+            },
+            drains[run],
+            applies[run]
         );
     }
-    let xadds = (0..settings.runs).map(|_| xadd_reference(sys)).collect();
-    Rates {
+    LogRates {
+        partitions,
+        cluster: sys.cluster.is_some(),
         drain: median(drains),
         apply: median(applies),
-        xadd: median(xadds),
     }
 }
 
@@ -753,7 +795,7 @@ pub struct EndToEnd {
 
 /// End-to-end latency at `rate` rides/s with a streamer and two consumers running beside `api`.
 pub async fn end_to_end(sys: &System, api: &Api, rate: f64, settings: &Settings) -> EndToEnd {
-    reset_log(sys).await;
+    reset_log(sys, 1).await;
     let mut streamer = sys.streamer("e2e-streamer", &QUIET);
     let mut c0 = sys.consumer("e2e-consumer0", &QUIET);
     let mut c1 = sys.consumer("e2e-consumer1", &QUIET);

@@ -4,7 +4,7 @@ use std::{fmt::Write as _, path::Path};
 
 use crate::{
     chart,
-    measure::{CALLERS, CreateRideRow, EndToEnd, Overload, Rates, Settings},
+    measure::{CALLERS, CreateRideRow, EndToEnd, LogRates, Overload, Rates, Settings},
 };
 
 /// Everything measured in one `make bench`.
@@ -15,6 +15,7 @@ pub struct Results {
     pub end_to_end: EndToEnd,
     pub steady: EndToEnd,
     pub overload: Overload,
+    pub partitioned: Vec<LogRates>,
 }
 
 /// Targets the figures are held to: CreateRide over pgbench (the original's transaction) at
@@ -38,6 +39,7 @@ pub fn write(results: &Results, dir: &Path) -> String {
     machine(&mut report, &results.settings);
     create_ride(&mut report, &results.create_ride, dir);
     rates(&mut report, &results.rates, results.settings.backlog);
+    partitioned(&mut report, &results.partitioned, results.settings.backlog);
     end_to_end(&mut report, &results.end_to_end, &results.steady);
     overload(&mut report, &results.overload);
     std::fs::write(dir.join("report.md"), &report).unwrap();
@@ -169,6 +171,30 @@ fn rates(report: &mut String, rates: &Rates, backlog: i64) {
     )
     .unwrap();
     writeln!(report, "| reference: redis-benchmark XADD, same entry shape, pipelined, same Redis | {xadd:.0} | |\n").unwrap();
+}
+
+fn partitioned(report: &mut String, rows: &[LogRates], backlog: i64) {
+    writeln!(report, "## The log by partitions\n").unwrap();
+    writeln!(report, "The streamer (one replica) numbering and streaming {backlog} staged records spread evenly over the partitions, then one consumer instance applying them, on the standalone Redis and on a Redis Cluster of 3 masters and 3 replicas (local redis-servers, AOF `appendfsync always`, the streamer waiting for one replica per batch).\n").unwrap();
+    writeln!(
+        report,
+        "| partitions | Redis | drain records/s | apply records/s |\n|---:|---|---:|---:|"
+    )
+    .unwrap();
+    for r in rows {
+        let redis = if r.cluster {
+            "cluster (3 masters)"
+        } else {
+            "standalone"
+        };
+        writeln!(
+            report,
+            "| {} | {redis} | {:.0} | {:.0} |",
+            r.partitions, r.drain, r.apply
+        )
+        .unwrap();
+    }
+    writeln!(report).unwrap();
 }
 
 fn end_to_end(report: &mut String, e2e: &EndToEnd, steady: &EndToEnd) {

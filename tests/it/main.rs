@@ -6,6 +6,7 @@
 mod api;
 mod cluster;
 mod failures;
+mod groups;
 mod log;
 mod observability;
 mod partitions;

@@ -340,11 +340,30 @@ impl Consumer {
         Ok(self
             .metrics()
             .await?
-            .get(name, &[("consumer", self.name())]))
+            .get(name, &[("consumer", self.consumer_name())]))
+    }
+
+    /// Its CONSUMER_NAME (the process's name, unless it is one instance of several).
+    pub fn consumer_name(&self) -> &str {
+        self.process
+            .env("CONSUMER_NAME")
+            .expect("CONSUMER_NAME is set")
     }
 }
 
 impl Streamer {
+    /// How many partitions it leads, from its `rocket_rides_streamer_leader` gauge.
+    pub async fn partitions_led(&self) -> Result<u32, String> {
+        match self
+            .metrics()
+            .await?
+            .get("rocket_rides_streamer_leader", &[])
+        {
+            Some(n) => Ok(n as u32),
+            None => Err("no rocket_rides_streamer_leader".into()),
+        }
+    }
+
     /// Whether it leads, from its `rocket_rides_streamer_leader` gauge.
     pub async fn is_leading(&self) -> Result<bool, String> {
         match self

@@ -60,6 +60,11 @@ impl System {
         Self::start_with(false, true).await
     }
 
+    /// `start_on_cluster` with Postgres as durable as in production (for benchmarks).
+    pub async fn start_durable_on_cluster() -> Self {
+        Self::start_with(true, true).await
+    }
+
     async fn start_with(durable: bool, on_cluster: bool) -> Self {
         let dir = temp_dir();
         let pg = Postgres::start(dir.path(), durable).await;
@@ -205,7 +210,7 @@ impl System {
                 AND ride_count = (SELECT COUNT(*) FROM rides)
              FROM consumers WHERE name = $1",
         )
-        .bind(consumer.name())
+        .bind(consumer.consumer_name())
         .fetch_optional(&self.db)
         .await
         .map_err(|e| e.to_string())?

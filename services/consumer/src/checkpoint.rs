@@ -1,5 +1,10 @@
 //! A consumer's row per partition in `consumer_positions`: its running totals from the
-//! partition and its checkpoint there, which therefore always commit together.
+//! partition and its checkpoint there, which therefore always commit together, and which
+//! instance of the consumer owns the partition. Ownership is a lease (`CONSUMER_LEASE`),
+//! fenced by `owner_epoch`: every commit carries the owner's epoch, so an instance that lost the
+//! partition (it froze, or the group gave the partition to another) can never apply again.
+
+use std::time::Duration;
 
 use rocket_rides_log::StreamId;
 use sqlx::{Acquire, PgConnection, PgPool};
@@ -24,7 +29,8 @@ pub enum Commit {
     Done(Checkpoint),
     /// The failure simulation rolled the transaction back after the work, before the commit.
     SimulatedCrash,
-    /// The row was not where this process left it: another process with the same name moved it.
+    /// The row was not where this process left it: another instance owns the partition now,
+    /// or another process with the same name and instance moved it.
     Moved,
 }
 
@@ -34,7 +40,12 @@ const REGISTER: &str = "
 const LOAD: &str = "
     SELECT total_distance::float8, ride_count, last_seq
     FROM consumer_positions WHERE stream = $1 AND name = $2 AND partition = $3";
-/// Adds the batch (exact NUMERIC sum) and moves the checkpoint, only from where we left it.
+/// How long an instance owns a partition without renewing (every commit, and every idle read,
+/// renews): how long the others wait for one that died.
+pub const CONSUMER_LEASE: Duration = Duration::from_secs(10);
+
+/// Adds the batch (exact NUMERIC sum) and moves the checkpoint, only from where we left it and
+/// only while we own the partition (renewing the lease).
 const APPLY: &str = "
     UPDATE consumer_positions SET
         total_distance = total_distance
@@ -42,16 +53,83 @@ const APPLY: &str = "
         ride_count = ride_count + cardinality($3::text[]),
         last_seq = $4,
         epoch = $5,
-        updated_at = now()
+        updated_at = now(),
+        lease_until = now() + make_interval(secs => $10)
     WHERE stream = $1 AND name = $2 AND partition = $7 AND last_seq = $6
+        AND owner = $8 AND owner_epoch = $9
     RETURNING total_distance::float8, ride_count";
+/// Takes the partition if nobody owns it, or its owner's lease ran out; a new owner epoch.
+const OWN: &str = "
+    UPDATE consumer_positions SET
+        owner = $4, owner_epoch = owner_epoch + 1,
+        lease_until = now() + make_interval(secs => $5)
+    WHERE stream = $1 AND name = $2 AND partition = $3
+        AND (owner IS NULL OR owner = $4 OR lease_until < now())
+    RETURNING owner_epoch";
+/// Renews the lease while idle; returns the checkpoint Postgres holds.
+const RENEW: &str = "
+    UPDATE consumer_positions SET lease_until = now() + make_interval(secs => $6)
+    WHERE stream = $1 AND name = $2 AND partition = $3 AND owner = $4 AND owner_epoch = $5
+    RETURNING last_seq";
+const RELEASE: &str = "
+    UPDATE consumer_positions SET owner = NULL, lease_until = '-infinity'
+    WHERE stream = $1 AND name = $2 AND partition = $3 AND owner = $4 AND owner_epoch = $5";
 
-/// Where a consumer is: the log's name, the consumer's, and the partition.
+/// Where a consumer is: the log's name, the consumer's, the partition, and this instance.
 #[derive(Debug, Clone, Copy)]
 pub struct Position<'a> {
     pub stream: &'a str,
     pub name: &'a str,
     pub partition: i32,
+    pub instance: &'a str,
+}
+
+/// Takes ownership of the partition for this instance; returns the owner epoch every commit
+/// must carry, or None while another instance holds it.
+pub async fn own(pool: &PgPool, at: Position<'_>) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(OWN)
+        .bind(at.stream)
+        .bind(at.name)
+        .bind(at.partition)
+        .bind(at.instance)
+        .bind(CONSUMER_LEASE.as_secs_f64())
+        .fetch_optional(pool)
+        .await
+}
+
+/// Renews ownership; returns the checkpoint Postgres holds, or None if the partition is no
+/// longer this instance's.
+pub async fn renew(
+    db: &mut PgConnection,
+    at: Position<'_>,
+    owner_epoch: i64,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(RENEW)
+        .bind(at.stream)
+        .bind(at.name)
+        .bind(at.partition)
+        .bind(at.instance)
+        .bind(owner_epoch)
+        .bind(CONSUMER_LEASE.as_secs_f64())
+        .fetch_optional(db)
+        .await
+}
+
+/// Gives the partition up, so another instance takes it at once.
+pub async fn release(
+    db: &mut PgConnection,
+    at: Position<'_>,
+    owner_epoch: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(RELEASE)
+        .bind(at.stream)
+        .bind(at.name)
+        .bind(at.partition)
+        .bind(at.instance)
+        .bind(owner_epoch)
+        .execute(db)
+        .await?;
+    Ok(())
 }
 
 /// Registers the consumer in the partition (so the streamer never trims what it has not read)
@@ -90,6 +168,7 @@ pub struct Batch {
 pub async fn commit(
     db: &mut PgConnection,
     at: Position<'_>,
+    owner_epoch: i64,
     from: &Checkpoint,
     batch: &Batch,
     crash_rate: f64,
@@ -102,7 +181,10 @@ pub async fn commit(
         .bind(last_seq)
         .bind(batch.epoch)
         .bind(from.last_seq)
-        .bind(at.partition);
+        .bind(at.partition)
+        .bind(at.instance)
+        .bind(owner_epoch)
+        .bind(CONSUMER_LEASE.as_secs_f64());
     let row: Option<(f64, i64)> = if rand::random_bool(crash_rate) {
         let mut tx = db.begin().await?;
         let row: Option<(f64, i64)> = apply.fetch_optional(&mut *tx).await?;

@@ -26,6 +26,9 @@ pub struct Config {
     pub partitions: Option<i32>,
     /// `CONSUMER_NAME` (required): the consumer's identity, naming its checkpoint and totals.
     pub name: String,
+    /// `CONSUMER_INSTANCE` (default: the host name): this process's name among the instances
+    /// that run the consumer together, sharing its partitions.
+    pub instance: String,
     /// `BATCH_SIZE`: entries per read (default 1000).
     pub batch_size: u32,
     /// `BATCH_LINGER_MS`: after a batch smaller than `BATCH_SIZE`, how long to let the next
@@ -53,11 +56,21 @@ impl Config {
                 )?
                 .to_string(),
             partitions: vars.parse("LOG_PARTITIONS")?,
+            instance: match vars.get("CONSUMER_INSTANCE") {
+                Some(instance) => instance.to_string(),
+                None => host_name(),
+            },
             batch_size: vars.positive("BATCH_SIZE", 1000)?,
             linger: Duration::from_millis(vars.parse_or("BATCH_LINGER_MS", 5)?),
             crash_rate: vars.rate("CRASH_RATE")?,
         })
     }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into())
 }
 
 impl ServiceConfig for Config {

@@ -5,7 +5,10 @@
 //! (NOT_SERVING, error log, gauge); it checks again every few seconds and resumes by itself
 //! once the log is repaired.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
 use redis::streams::StreamReadReply;
 use rocket_rides_log::{
@@ -21,6 +24,7 @@ use rocket_rides_platform::{
     telemetry::{propagation, spans},
 };
 use sqlx::{PgConnection, PgPool};
+use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::{
@@ -44,7 +48,10 @@ enum ConsumeError {
     Redis(#[from] redis::RedisError),
     #[error("Redis answered with {0}")]
     Protocol(#[from] BadStreamId),
-    #[error("another consumer named {0:?} moved this checkpoint; run one process per name")]
+    #[error(
+        "the partition's checkpoint of consumer {0:?} is no longer this instance's (another \
+         instance owns it now, or runs with the same CONSUMER_INSTANCE)"
+    )]
     Moved(String),
     #[error(
         "the checkpoint in Postgres (seq {database}) is not where this consumer left it (seq \
@@ -56,6 +63,8 @@ enum ConsumeError {
 enum Stop {
     Cancelled,
     Halt(Halt),
+    /// The partition is (or is to be) another instance's.
+    NotOurs,
 }
 
 /// One partition's consumer.
@@ -72,6 +81,8 @@ pub struct Consumer {
     pub metrics: Metrics,
     /// Unsound while halted: the service is then held NOT_SERVING.
     pub sound: Soundness,
+    /// The partitions the consumer's group gives this instance.
+    pub mine: watch::Receiver<BTreeSet<i32>>,
 }
 
 impl Consumer {
@@ -81,6 +92,19 @@ impl Consumer {
         loop {
             let delay = match self.consume(&cancel, &mut backoff, &mut halted).await {
                 Ok(Stop::Cancelled) => return,
+                Ok(Stop::NotOurs) => {
+                    // Standing by: try again when the share-out changes, or the owner's lease
+                    // may have run out.
+                    halted.take();
+                    self.sound.set(self.partition, true);
+                    let mut mine = self.mine.clone();
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = mine.changed() => {}
+                        _ = tokio::time::sleep(RECHECK) => {}
+                    }
+                    continue;
+                }
                 Ok(Stop::Halt(halt)) => {
                     let remind = halted
                         .as_ref()
@@ -129,7 +153,14 @@ impl Consumer {
                 configured: stream.clone(),
             }));
         }
+        if !self.assigned() {
+            return Ok(Stop::NotOurs);
+        }
         let mut at = checkpoint::load(&self.pool, self.position()).await?;
+        let Some(owner_epoch) = checkpoint::own(&self.pool, self.position()).await? else {
+            return Ok(Stop::NotOurs);
+        };
+        let _owned = Raised::new(&self.metrics.partitions);
         // The batch's statements run on one connection: a pooled statement costs two more
         // round trips (the pool pings a connection when it is taken and when it is given back).
         // Dropped with any error, which the pool then closes if it is broken.
@@ -143,8 +174,20 @@ impl Consumer {
             );
         }
         loop {
+            if !self.assigned() {
+                tracing::info!(
+                    partition = self.partition,
+                    "handing the partition over to another instance"
+                );
+                checkpoint::release(&mut db, self.position(), owner_epoch).await?;
+                return Ok(Stop::NotOurs);
+            }
             let entries = tokio::select! {
-                _ = cancel.cancelled() => return Ok(Stop::Cancelled),
+                _ = cancel.cancelled() => {
+                    // Let another instance take over at once.
+                    checkpoint::release(&mut db, self.position(), owner_epoch).await.ok();
+                    return Ok(Stop::Cancelled);
+                }
                 read = self.read(at.stream_id()) => read?,
             };
             backoff.reset();
@@ -153,11 +196,14 @@ impl Consumer {
                 Err(halt) => return Ok(Stop::Halt(halt)),
             };
             if entries.is_empty() && plan.apply.is_empty() {
-                // Idle: make sure Postgres still has the checkpoint this consumer serves, so a
-                // database restored to an earlier state is noticed even without new records.
-                let database = checkpoint::load(&self.pool, self.position())
-                    .await?
-                    .last_seq;
+                // Idle: renew the lease, and make sure Postgres still has the checkpoint this
+                // consumer serves, so a database restored to an earlier state is noticed even
+                // without new records.
+                let Some(database) =
+                    checkpoint::renew(&mut db, self.position(), owner_epoch).await?
+                else {
+                    return Err(ConsumeError::Moved(name.clone()));
+                };
                 if database != at.last_seq {
                     return Err(ConsumeError::CheckpointChanged {
                         memory: at.last_seq,
@@ -174,7 +220,7 @@ impl Consumer {
             }
             self.set_aside(&plan).await?;
             if !plan.apply.is_empty() {
-                match self.apply(&mut db, &plan, &at).await? {
+                match self.apply(&mut db, owner_epoch, &plan, &at).await? {
                     Commit::Done(next) => {
                         at = next;
                         if plan.apply.len() < self.config.batch_size as usize {
@@ -252,6 +298,7 @@ impl Consumer {
     async fn apply(
         &self,
         db: &mut PgConnection,
+        owner_epoch: i64,
         plan: &Plan,
         at: &Checkpoint,
     ) -> Result<Commit, sqlx::Error> {
@@ -291,9 +338,16 @@ impl Consumer {
             last_seq: last.seq,
             epoch: last.epoch,
         };
-        let commit = checkpoint::commit(db, self.position(), at, &work, self.config.crash_rate)
-            .instrument(batch.in_scope(|| spans::postgres("UPDATE consumer_positions")))
-            .await?;
+        let commit = checkpoint::commit(
+            db,
+            self.position(),
+            owner_epoch,
+            at,
+            &work,
+            self.config.crash_rate,
+        )
+        .instrument(batch.in_scope(|| spans::postgres("UPDATE consumer_positions")))
+        .await?;
         let crashed = matches!(commit, Commit::SimulatedCrash);
         batch.record("simulated.crash", crashed);
         let metrics = &self.metrics;
@@ -315,7 +369,13 @@ impl Consumer {
             stream: &self.config.stream,
             name: &self.config.name,
             partition: self.partition,
+            instance: &self.config.instance,
         }
+    }
+
+    /// Whether the group's share-out gives this partition to this instance.
+    fn assigned(&self) -> bool {
+        self.mine.borrow().contains(&self.partition)
     }
 
     async fn read(&self, from: StreamId) -> Result<Vec<Entry>, ConsumeError> {

@@ -10,9 +10,11 @@ pub struct Metrics {
     pub simulated_crashes: Counter,
     /// `rocket_rides_dead_letters_total{consumer}`: entries set aside.
     pub dead_letters: Counter,
-    /// `rocket_rides_consumer_gap{consumer}`: 1 while halted (a gap, or a log that disagrees
+    /// `rocket_rides_consumer_gap{consumer}`: partitions halted (a gap, or a log that disagrees
     /// with the archive).
     pub gap: Gauge,
+    /// `rocket_rides_consumer_partitions{consumer}`: partitions this instance owns.
+    pub partitions: Gauge,
     /// `rocket_rides_consumer_batch_size{consumer}`
     pub batch_size: Histogram,
     /// `rocket_rides_consumer_batch_duration_seconds{consumer}`
@@ -27,6 +29,7 @@ impl Metrics {
             simulated_crashes: counter!("rocket_rides_simulated_crashes_total", &label()),
             dead_letters: counter!("rocket_rides_dead_letters_total", &label()),
             gap: gauge!("rocket_rides_consumer_gap", &label()),
+            partitions: gauge!("rocket_rides_consumer_partitions", &label()),
             batch_size: histogram!("rocket_rides_consumer_batch_size", &label()),
             batch_duration: histogram!("rocket_rides_consumer_batch_duration_seconds", &label()),
         }

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use rocket_rides_log::partition;
+use rocket_rides_log::{membership, partition};
 use rocket_rides_platform::{health::Soundness, shutdown::CancellationToken};
 use sqlx::PgPool;
-use tokio::task::JoinSet;
+use tokio::{sync::watch, task::JoinSet};
 
 use crate::{
     Config,
@@ -51,7 +51,16 @@ impl Partitions {
                 return;
             }
         };
+        let (share, mine) = watch::channel(Default::default());
         let mut tasks = JoinSet::new();
+        tasks.spawn(membership::run(
+            self.pool.clone(),
+            format!("consumer:{}:{}", config.stream, config.name),
+            config.instance.clone(),
+            partitions,
+            share,
+            cancel.clone(),
+        ));
         for p in 0..partitions {
             // The blocking XREAD gets a connection of its own: on a shared (multiplexed) one,
             // other commands would queue behind it. Its response timeout is longer than the
@@ -76,10 +85,15 @@ impl Partitions {
                 redis,
                 metrics: self.metrics.clone(),
                 sound: self.sound.clone(),
+                mine: mine.clone(),
             };
             tasks.spawn(consumer.run(cancel.clone()));
         }
-        tracing::info!(partitions, "consuming every partition");
+        tracing::info!(
+            partitions,
+            instance = %config.instance,
+            "consuming the partitions the consumer's instances give this one"
+        );
         while tasks.join_next().await.is_some() {}
         pool.close().await;
     }

@@ -59,7 +59,11 @@ fn murmur2(data: &[u8]) -> i32 {
 pub async fn count(pool: &sqlx::PgPool, cancel: &CancellationToken) -> Option<i32> {
     let mut backoff = Backoff::default();
     loop {
-        match crate::archive::log(pool).await {
+        let read = tokio::select! {
+            _ = cancel.cancelled() => return None,
+            read = crate::archive::log(pool) => read,
+        };
+        match read {
             Ok((_, _, partitions)) => return Some(partitions),
             Err(e) => tracing::warn!(error = %e, "cannot read the log's partitions yet; retrying"),
         }

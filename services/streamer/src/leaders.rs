@@ -3,12 +3,15 @@
 
 use std::time::Duration;
 
-use rocket_rides_log::{partition, sql};
+use rocket_rides_log::{membership, partition, sql};
 use rocket_rides_platform::{health::Soundness, retry::Backoff, shutdown::CancellationToken};
 use sqlx::{PgPool, postgres::PgListener};
 use tokio::{sync::watch, task::JoinSet};
 
 use crate::{Config, metrics::Metrics, streamer::Streamer};
+
+/// The streamer replicas' group: they share the partitions' leadership.
+const GROUP: &str = "streamer";
 
 /// What a halted start (a wrong LOG_PARTITIONS) reports as its part of the soundness.
 const CONFIG_PART: i32 = -1;
@@ -54,8 +57,17 @@ impl Leaders {
             tracing::warn!(error = %e, "could not move the stream of the log before partitions to partition 0's; run `rocket-rides-streamer republish`");
         }
         let (wake, woken) = watch::channel(0u64);
+        let (share, mine) = watch::channel(Default::default());
         let mut tasks = JoinSet::new();
         tasks.spawn(listen(self.pool.clone(), wake, cancel.clone()));
+        tasks.spawn(membership::run(
+            self.pool.clone(),
+            GROUP.to_string(),
+            self.holder.clone(),
+            partitions,
+            share,
+            cancel.clone(),
+        ));
         for p in 0..partitions {
             let redis = match config.redis.connect(Duration::from_secs(10)) {
                 Ok(redis) => redis,
@@ -74,13 +86,14 @@ impl Leaders {
                 metrics: self.metrics.clone(),
                 sound: self.sound.clone(),
                 wake: woken.clone(),
+                mine: mine.clone(),
                 progress: std::time::Instant::now(),
             };
             tasks.spawn(streamer.run(cancel.clone()));
         }
         tracing::info!(
             partitions,
-            "streaming every partition whose lease this replica holds"
+            "leading the partitions the streamer group gives this replica"
         );
         while tasks.join_next().await.is_some() {}
         pool.close().await;

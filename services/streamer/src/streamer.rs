@@ -10,7 +10,10 @@
 //! Redis lost entries (run `republish`), the stream is ahead of Postgres (Postgres was restored:
 //! run `rewind`), or an entry differs from its archived record.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
 use rand::Rng;
 use rocket_rides_log::{
@@ -161,6 +164,8 @@ pub struct Streamer {
     pub sound: Soundness,
     /// Bumped when the api says records were committed.
     pub wake: watch::Receiver<u64>,
+    /// The partitions the streamer group gives this replica.
+    pub mine: watch::Receiver<BTreeSet<i32>>,
     /// When this replica last did its part (a pass of the leader's loop, or a standby's try).
     pub progress: Instant,
 }
@@ -171,7 +176,8 @@ impl Streamer {
         let mut backoff = Backoff::default();
         while !cancel.is_cancelled() {
             match self.lead(&cancel, &mut backoff).await {
-                Ok(()) => break,
+                // Cancelled (the loop ends) or handed over (stand by again).
+                Ok(()) => {}
                 Err(e) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?delay, "streaming interrupted; nothing is lost, retrying");
@@ -198,19 +204,26 @@ impl Streamer {
     ) -> Result<(), StreamError> {
         let mut standing_by = false;
         let lease = loop {
-            let seen = self.newest_epoch().await?;
-            if let Some(lease) =
-                lease::acquire(&self.pool, self.partition, &self.holder, seen).await?
-            {
-                break lease;
+            if self.assigned() {
+                let seen = self.newest_epoch().await?;
+                if let Some(lease) =
+                    lease::acquire(&self.pool, self.partition, &self.holder, seen).await?
+                {
+                    break lease;
+                }
             }
             self.progressed();
             if !standing_by {
-                tracing::info!("another streamer leads; standing by");
+                tracing::info!(
+                    partition = self.partition,
+                    "another streamer leads or is to lead this partition; standing by"
+                );
                 standing_by = true;
             }
+            let mut mine = self.mine.clone();
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
+                _ = mine.changed() => {}
                 _ = tokio::time::sleep(IDLE_POLL) => {}
             }
         };
@@ -250,6 +263,13 @@ impl Streamer {
         let mut stream_len = 0;
         loop {
             if cancel.is_cancelled() {
+                return Ok(());
+            }
+            if !self.assigned() {
+                tracing::info!(
+                    partition = p,
+                    "handing the partition over to another replica"
+                );
                 return Ok(());
             }
             if last_seq + batch > partitioned {
@@ -324,6 +344,11 @@ impl Streamer {
                 _ = tokio::time::sleep(IDLE_POLL) => {}
             }
         }
+    }
+
+    /// Whether the group's share-out gives this partition to this replica.
+    fn assigned(&self) -> bool {
+        self.mine.borrow().contains(&self.partition)
     }
 
     /// A pass went through: healthy again, as far as progress goes.
