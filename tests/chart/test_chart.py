@@ -6,6 +6,7 @@ import pathlib
 import re
 import shutil
 import subprocess
+import sys
 
 import helm_python
 import kubernetes_validate
@@ -29,12 +30,13 @@ VALUE_SETS = {
     },
     "hardened": {
         "networkPolicy": {"enabled": True},
-        "consumer": {"replicas": 3},
+        "consumer": {"groups": [{"name": "totals", "replicas": 3}, {"name": "audit", "replicas": 1}]},
         "streamer": {"replicas": 2},
         "simulator": {"enabled": False},
         "failureSimulation": {"doubleSendRate": 0, "crashRate": 0},
     },
-    "single": {"api": {"replicas": 1}, "consumer": {"replicas": 1}, "chaos": {"dryRun": True}},
+    "single": {"api": {"replicas": 1}, "consumer": {"groups": [{"name": "totals", "replicas": 1}]},
+               "chaos": {"dryRun": True}},
     "cluster": {
         "redis": {"cluster": {"enabled": True}},
         "networkPolicy": {"enabled": True},
@@ -43,12 +45,13 @@ VALUE_SETS = {
 }
 
 WORKLOADS = {"Deployment", "StatefulSet", "Job", "CronJob", "Pod"}
+DEFAULT_GROUPS = [{"name": "totals-a", "replicas": 2}, {"name": "totals-b", "replicas": 2}]
 
 
-def render(values):
+def render(values, release=RELEASE):
     chart = helm_python.Chart.load(str(CHART))
     try:
-        out = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        out = chart.render(values, name=release, namespace=NAMESPACE, is_install=True)
     finally:
         chart.close()
     objects = []
@@ -208,15 +211,171 @@ def test_pod_disruption_budgets_exactly_where_replicas_exceed_one(rendered):
             assert name not in pdbs
 
 
-def test_consumers_are_named_by_their_stable_pod_names(rendered):
+def groups_of(name):
+    return VALUE_SETS[name].get("consumer", {}).get("groups", DEFAULT_GROUPS)
+
+
+def consumer_name(group, release=RELEASE):
+    return f"{release}-rocket-rides-consumer-{group}"
+
+
+def consumer_statefulsets(objects):
+    return [o for o in objects if o["kind"] == "StatefulSet"
+            and o["metadata"]["labels"]["app.kubernetes.io/component"] == "consumer"]
+
+
+def env_of(obj):
+    return {e["name"]: e for e in containers(obj, init=False)[0]["env"]}
+
+
+def test_one_statefulset_per_consumer_group(rendered):
     name, objects = rendered
-    sts = find(objects, "StatefulSet", f"{RELEASE}-rocket-rides-consumer")
-    expected = VALUE_SETS[name].get("consumer", {}).get("replicas", 2)
-    assert sts["spec"]["replicas"] == expected
-    env = {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["CONSUMER_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    headless = find(objects, "Service", sts["spec"]["serviceName"])
-    assert headless["spec"]["clusterIP"] == "None"
+    groups = groups_of(name)
+    assert sorted(s["metadata"]["name"] for s in consumer_statefulsets(objects)) == \
+        sorted(consumer_name(g["name"]) for g in groups)
+    for group in groups:
+        sts = find(objects, "StatefulSet", consumer_name(group["name"]))
+        assert sts["spec"]["replicas"] == group["replicas"]
+        env = env_of(sts)
+        # The logical consumer is the group, whatever the release is called.
+        assert env["CONSUMER_NAME"] == {"name": "CONSUMER_NAME", "value": group["name"]}
+        # Each instance by its stable pod name.
+        assert env["CONSUMER_INSTANCE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+        # Everything the single StatefulSet had.
+        assert {"DATABASE_URL", "REDIS_URL", "LOG_PARTITIONS", "BATCH_SIZE", "CRASH_RATE",
+                "LISTEN_ADDR"} <= env.keys()
+        assert [c["name"] for c in pod_spec(sts)["initContainers"]] == ["migrate"]
+        labels = pod_labels(sts)
+        for key in ("rocket-rides/chaos-target", "rocket-rides/db-client", "rocket-rides/redis-client"):
+            assert labels[key] == "true", key
+        # A headless Service governs it; the group's Service selects its pods and no others.
+        headless = find(objects, "Service", sts["spec"]["serviceName"])
+        assert headless["spec"]["clusterIP"] == "None"
+        svc = find(objects, "Service", consumer_name(group["name"]))
+        assert svc["spec"].get("clusterIP") != "None"
+        assert svc["spec"]["ports"] == [{"name": "grpc", "port": 50052, "targetPort": "grpc",
+                                         "appProtocol": "grpc"}]
+        selected = [o for o in consumer_statefulsets(objects)
+                    if svc["spec"]["selector"].items() <= pod_labels(o).items()]
+        assert selected == [sts]
+
+
+def test_consumer_names_do_not_change_with_the_release_name():
+    objects = render(VALUE_SETS["hardened"], release="renamed")
+    for group in groups_of("hardened"):
+        sts = find(objects, "StatefulSet", consumer_name(group["name"], "renamed"))
+        assert env_of(sts)["CONSUMER_NAME"]["value"] == group["name"]
+
+
+def test_consumer_groups_get_a_pod_disruption_budget_exactly_where_replicas_exceed_one():
+    objects = render(VALUE_SETS["hardened"])
+    pdbs = {o["metadata"]["name"]: o for o in objects if o["kind"] == "PodDisruptionBudget"}
+    assert consumer_name("totals") in pdbs and consumer_name("audit") not in pdbs
+    totals, audit = (find(objects, "StatefulSet", consumer_name(g)) for g in ("totals", "audit"))
+    selector = pdbs[consumer_name("totals")]["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod_labels(totals).items()
+    assert not selector.items() <= pod_labels(audit).items()
+    assert pdbs[consumer_name("totals")]["spec"]["maxUnavailable"] == 1
+    defaults = {o["metadata"]["name"] for o in render({}) if o["kind"] == "PodDisruptionBudget"}
+    assert {consumer_name("totals-a"), consumer_name("totals-b")} <= defaults
+
+
+def test_the_simulator_compares_every_logical_consumer():
+    objects = render(VALUE_SETS["hardened"] | {"simulator": {"enabled": True}})
+    env = env_of(find(objects, "Deployment", f"{RELEASE}-rocket-rides-simulator"))
+    assert env["CONSUMER_URLS"]["value"].split(",") == \
+        [f"http://{consumer_name(g)}:50052" for g in ("totals", "audit")]
+
+
+@pytest.mark.parametrize("groups,message", [
+    ([{"name": "totals", "replicas": 1}, {"name": "totals", "replicas": 2}], '"totals" appears twice'),
+    ([{"name": "a-group-name-far-too-long-for-a-statefulset", "replicas": 1}], "longer than the 52 characters"),
+    ([{"name": "totals", "replicas": 1}, {"name": "totals-headless", "replicas": 1}],
+     f'would both name a Service "{RELEASE}-rocket-rides-consumer-totals-headless"'),
+    ([{"name": "totals-headless", "replicas": 1}, {"name": "totals", "replicas": 1}],
+     f'would both name a Service "{RELEASE}-rocket-rides-consumer-totals-headless"'),
+])
+def test_consumer_groups_kubernetes_cannot_run_are_a_clear_error(groups, message):
+    chart = helm_python.Chart.load(str(CHART))
+    try:
+        with pytest.raises(helm_python.HelmError, match=re.escape(message)):
+            chart.render({"consumer": {"groups": groups}}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    finally:
+        chart.close()
+
+
+def helm_test_script(objects):
+    pod = find(objects, "Pod", f"{RELEASE}-rocket-rides-test-create-ride")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    c = containers(pod)[0]
+    assert c["command"] == ["sh", "-ec"]
+    return c["args"][0]
+
+
+def test_the_helm_test_asks_every_logical_consumer_through_its_service(rendered):
+    name, objects = rendered
+    script = helm_test_script(objects)
+    consumers = re.search(r'^consumers="([^"]*)"$', script, re.M).group(1).split()
+    assert consumers == [f"{consumer_name(g['name'])}:50052" for g in groups_of(name)]
+    for address in consumers:
+        host, port = address.split(":")
+        svc = find(objects, "Service", host)
+        assert svc["spec"].get("clusterIP") != "None"
+        assert int(port) in {p["port"] for p in svc["spec"]["ports"]}
+
+
+FAKE_GRPCURL = """#!{python}
+import json, os, pathlib, sys
+state = pathlib.Path(os.environ["STATE"])
+address, method = sys.argv[-2:]
+with open(state / "calls", "a") as calls:
+    calls.write(f"{{address}} {{method}}\\n")
+if method.endswith("/CreateRide"):
+    (state / "created").touch()
+    print(json.dumps({{"id": "1"}}, indent=2))
+    sys.exit(0)
+host = address.split(":")[0]
+if host in os.environ.get("DOWN", "").split():
+    sys.exit("connection refused")
+counted = (state / "created").exists() and host not in os.environ.get("DEAF", "").split()
+# As GetTotal answers: the consumer's fields first, then each partition's, which never change here.
+print(json.dumps({{"totalDistance": 10, "rideCount": str(7 + counted),
+                  "partitions": [{{"partition": 0, "rideCount": "3"}}, {{"partition": 1, "rideCount": "4"}}]}},
+                 indent=2))
+"""
+
+
+def run_helm_test(tmp_path, values, **env):
+    script = helm_test_script(render(values))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "grpcurl"
+    fake.write_text(FAKE_GRPCURL.format(python=sys.executable))
+    fake.chmod(0o755)
+    state = tmp_path / "state"
+    state.mkdir()
+    out = subprocess.run(["sh", "-ec", script], capture_output=True, text=True, timeout=60,
+                         env={"PATH": f"{bin_dir}:/usr/bin:/bin", "STATE": str(state), **env})
+    return out, (state / "calls").read_text().splitlines()
+
+
+def test_the_helm_test_passes_once_every_logical_consumer_counted_the_ride(tmp_path):
+    out, calls = run_helm_test(tmp_path, VALUE_SETS["hardened"])
+    assert out.returncode == 0, out.stderr
+    for group in ("totals", "audit"):
+        assert f"{consumer_name(group)}:50052 counted it" in out.stdout
+        assert f"{consumer_name(group)}:50052 rocketrides.v1.ConsumerService/GetTotal" in calls
+    assert calls.count(f"{RELEASE}-rocket-rides-api:50051 rocketrides.v1.RideService/CreateRide") == 1
+
+
+@pytest.mark.parametrize("env", [{"DEAF": consumer_name("audit")}, {"DOWN": consumer_name("audit")}])
+def test_the_helm_test_fails_when_a_logical_consumer_does_not_count_the_ride(tmp_path, env):
+    values = copy.deepcopy(VALUE_SETS["hardened"])
+    values["tests"] = {"timeoutSeconds": 2}
+    out, _ = run_helm_test(tmp_path, values, **env)
+    assert out.returncode == 1
+    assert f"{consumer_name('totals')}:50052 counted it" in out.stdout
+    assert f"{consumer_name('audit')}:50052 did not count the ride in time" in out.stdout
 
 
 def test_chaos_role_grants_only_listing_and_deleting_pods():
@@ -235,8 +394,9 @@ def test_chaos_role_grants_only_listing_and_deleting_pods():
     selector = dict(kv.split("=") for kv in env["TARGET_SELECTOR"].split(","))
     targets = [o for o in objects if o["kind"] in {"Deployment", "StatefulSet"}
                and selector.items() <= pod_labels(o).items()]
-    assert sorted(t["metadata"]["labels"]["app.kubernetes.io/component"] for t in targets) == \
-        ["api", "consumer", "simulator", "streamer"]
+    assert {t["metadata"]["labels"]["app.kubernetes.io/component"] for t in targets} == \
+        {"api", "consumer", "simulator", "streamer"}
+    assert all(s in targets for s in consumer_statefulsets(objects))
 
 
 def test_network_policies_admit_only_the_clients_of_postgres_and_redis():
@@ -288,9 +448,9 @@ def cluster_nodes(n):
 
 
 def redis_env(objects):
-    """REDIS_* of the streamer and of the consumers, by workload."""
-    apps = (find(objects, "Deployment", f"{RELEASE}-rocket-rides-streamer"),
-            find(objects, "StatefulSet", f"{RELEASE}-rocket-rides-consumer"))
+    """REDIS_* of the streamer and of every consumer group, by workload."""
+    apps = [find(objects, "Deployment", f"{RELEASE}-rocket-rides-streamer")] + consumer_statefulsets(objects)
+    assert len(apps) > 1
     return {o["metadata"]["name"]: {e["name"]: e.get("value", e.get("valueFrom"))
                                     for e in containers(o, init=False)[0]["env"]
                                     if e["name"].startswith("REDIS_")} for o in apps}
@@ -362,8 +522,8 @@ def test_streamer_and_consumers_reach_every_cluster_node():
 ])
 def test_wait_replicas_reach_the_streamer_only(values, streamer):
     env = redis_env(render(values))
-    assert env[f"{RELEASE}-rocket-rides-streamer"]["REDIS_WAIT_REPLICAS"] == streamer
-    assert "REDIS_WAIT_REPLICAS" not in env[f"{RELEASE}-rocket-rides-consumer"]
+    assert env.pop(f"{RELEASE}-rocket-rides-streamer")["REDIS_WAIT_REPLICAS"] == streamer
+    assert env and all("REDIS_WAIT_REPLICAS" not in consumer for consumer in env.values())
 
 
 @pytest.mark.parametrize("values,message", [
@@ -412,9 +572,9 @@ def test_chaos_reaches_redis_cluster_nodes_only_when_asked(target):
     objects = render({"redis": {"cluster": {"enabled": True}}, "chaos": {"targetRedisCluster": target}})
     env = {e["name"]: e.get("value") for e in pod_spec(find(objects, "CronJob", f"{RELEASE}-rocket-rides-chaos"))["containers"][0]["env"]}
     selector = dict(kv.split("=") for kv in env["TARGET_SELECTOR"].split(","))
-    targets = sorted(o["metadata"]["labels"]["app.kubernetes.io/component"] for o in objects
-                     if o["kind"] in {"Deployment", "StatefulSet"} and selector.items() <= pod_labels(o).items())
-    assert targets == sorted(["api", "consumer", "simulator", "streamer"] + (["redis-cluster"] if target else []))
+    targets = {o["metadata"]["labels"]["app.kubernetes.io/component"] for o in objects
+               if o["kind"] in {"Deployment", "StatefulSet"} and selector.items() <= pod_labels(o).items()}
+    assert targets == {"api", "consumer", "simulator", "streamer"} | ({"redis-cluster"} if target else set())
 
 
 @pytest.mark.skipif(not shutil.which("getent"), reason="needs getent")
@@ -447,6 +607,8 @@ def test_notes_give_the_commands_from_install_to_a_trace():
     for needle in ("port-forward svc/demo-rocket-rides-api 50051:50051",
                    "rocketrides.v1.RideService/CreateRide",
                    "rocketrides.v1.ConsumerService/GetTotal",
+                   "port-forward svc/demo-rocket-rides-consumer-totals-a 50052:50052",
+                   "totals-a (2 instances", "totals-b (2 instances",
                    "port-forward svc/demo-rocket-rides-jaeger 16686:16686"):
         assert needle in notes
 
@@ -459,6 +621,15 @@ def test_notes_give_the_commands_from_install_to_a_trace():
     {"logFormat": "xml"},
     {"chaos": {"dryRun": "yes"}},
     {"consumer": {"unknown": 1}},
+    {"consumer": {"replicas": 2}},
+    {"consumer": {"groups": []}},
+    {"consumer": {"groups": [{"replicas": 2}]}},
+    {"consumer": {"groups": [{"name": "", "replicas": 2}]}},
+    {"consumer": {"groups": [{"name": "totals", "replicas": 0}]}},
+    {"consumer": {"groups": [{"name": "totals"}]}},
+    {"consumer": {"groups": [{"name": "totals", "replicas": "two"}]}},
+    {"consumer": {"groups": [{"name": "Totals_A", "replicas": 1}]}},
+    {"consumer": {"groups": [{"name": "totals", "replicas": 1, "batchSize": 10}]}},
     {"redis": {"cluster": {"masters": 2}}},
     {"redis": {"cluster": {"replicasPerMaster": -1}}},
     {"redis": {"cluster": {"unknown": 1}}},

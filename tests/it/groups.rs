@@ -128,3 +128,46 @@ async fn three_streamers_and_two_consumer_groups_of_three_stay_exact_through_kil
         sys.wait_exact(instances, CAUGHT_UP).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_that_joins_takes_its_share_and_one_that_leaves_hands_it_over() {
+    let sys = System::start().await;
+    let migrated = sys.migrate(&[("LOG_PARTITIONS", &PARTITIONS.to_string())]);
+    assert!(migrated.status.success(), "{migrated:?}");
+    let mut api = sys.api(&[]);
+    let mut streamer = sys.streamer("streamer", &[]);
+    api.start_ready().await;
+    streamer.start_ready().await;
+    let instance = |i: usize| {
+        let name = format!("totals-{i}");
+        sys.consumer(
+            &name,
+            &[("CONSUMER_NAME", "totals"), ("CONSUMER_INSTANCE", &name)],
+        )
+    };
+    let mut instances: Vec<Consumer> = (0..4).map(instance).collect();
+    for c in &mut instances[..3] {
+        c.start_ready().await;
+    }
+    let load = tokio::spawn(api.load(2000, 16));
+    wait_instances_share(
+        &instances[..3].iter().collect::<Vec<_>>(),
+        &["totals-0", "totals-1", "totals-2"],
+    )
+    .await;
+
+    // A fourth joins mid-load: every instance ends with two of the eight partitions.
+    instances[3].start_ready().await;
+    let all = ["totals-0", "totals-1", "totals-2", "totals-3"];
+    wait_instances_share(&instances.iter().collect::<Vec<_>>(), &all).await;
+    // One leaves (SIGTERM): it releases what it owned, and the other three share it out.
+    assert!(instances[1].terminate().await.success());
+    wait_instances_share(
+        &[&instances[0], &instances[2], &instances[3]],
+        &["totals-0", "totals-2", "totals-3"],
+    )
+    .await;
+    assert_eq!(load.await.unwrap(), 2000);
+    // Exact: no record was applied twice as partitions changed hands.
+    sys.wait_exact([&instances[0]], CAUGHT_UP).await;
+}

@@ -15,11 +15,15 @@
 {{- end }}
 {{- end }}
 
-{{/* Selector labels of one component: call with (dict "ctx" $ "component" "api"). */}}
+{{/* Selector labels of one component: call with (dict "ctx" $ "component" "api"); a consumer
+group's with (dict "ctx" $ "component" "consumer" "group" <name>). */}}
 {{- define "rr.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "rr.name" .ctx }}
 app.kubernetes.io/instance: {{ .ctx.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
+{{- with .group }}
+rocket-rides/consumer: {{ . | quote }}
+{{- end }}
 {{- end }}
 
 {{- define "rr.labels" -}}
@@ -246,14 +250,15 @@ prometheus.io/path: /metrics
 {{- end }}
 {{- end }}
 
-{{/* A PodDisruptionBudget when a workload runs more than one replica. */}}
+{{/* A PodDisruptionBudget when a workload runs more than one replica: call with (dict "ctx" $
+"component" "streamer" "replicas" n), plus "group" for a consumer group. */}}
 {{- define "rr.pdb" -}}
 {{- if gt (int .replicas) 1 }}
 ---
 apiVersion: policy/v1
 kind: PodDisruptionBudget
 metadata:
-  name: {{ include "rr.fullname" .ctx }}-{{ .component }}
+  name: {{ include "rr.fullname" .ctx }}-{{ .component }}{{ with .group }}-{{ . }}{{ end }}
   labels:
     {{- include "rr.labels" . | nindent 4 }}
 spec:
@@ -262,4 +267,19 @@ spec:
     matchLabels:
       {{- include "rr.selectorLabels" . | nindent 6 }}
 {{- end }}
+{{- end }}
+
+{{/* A consumer group's StatefulSet and Service: <fullname>-consumer-<group>. Call with
+(dict "ctx" $ "group" <name>). */}}
+{{- define "rr.consumerGroupName" -}}
+{{ include "rr.fullname" .ctx }}-consumer-{{ .group }}
+{{- end }}
+
+{{/* Each consumer group's Service address, host:port, space-separated, in values order. */}}
+{{- define "rr.consumerGroupAddresses" -}}
+{{- $addresses := list -}}
+{{- range .Values.consumer.groups }}
+{{- $addresses = append $addresses (printf "%s:%d" (include "rr.consumerGroupName" (dict "ctx" $ "group" .name)) (int $.Values.consumer.port)) -}}
+{{- end }}
+{{- join " " $addresses }}
 {{- end }}
