@@ -145,6 +145,14 @@ async fn rewind_partition(
     )
     .await?
     .map_or(top, |divergence| divergence.seq - 1);
+    // Past what Postgres numbered the stream cannot be right, even where it holds no entries
+    // to compare (trimmed once every consumer had them): its end goes back to what Postgres
+    // knows Redis held, and the streamer re-sends the rest.
+    let keep = if top > head.last_seq {
+        keep.min(head.streamed_seq)
+    } else {
+        keep
+    };
     if keep >= top {
         tracing::info!(
             partition = p,
