@@ -97,10 +97,6 @@ pub enum RedisConnection {
 }
 
 impl RedisConnection {
-    pub fn is_cluster(&self) -> bool {
-        matches!(self, Self::Cluster(_))
-    }
-
     /// Waits (up to `timeout`) until `replicas` replicas of the server holding `key` have this
     /// connection's writes so far (`WAIT`); returns how many have. On a cluster the command goes
     /// to the master of the key's slot, where the writes went, not to every master.
