@@ -3,12 +3,12 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: up test deps venv build lint unit integration chart soak bench image clean
+.PHONY: up test deps venv build lint unit integration chart soak bench image image-debug clean
 
 up:
 	bash deploy/local/up.sh
 
-test: deps venv lint build unit integration chart
+test: deps venv lint build unit image-debug integration chart
 
 # PostgreSQL and Redis from apt-get when missing.
 deps:
@@ -32,7 +32,7 @@ unit:
 	cargo test --workspace --exclude rocket-rides-tests --locked
 
 # Real Postgres, Redis and service processes; the real grpcurl from the venv.
-integration: build venv
+integration: build venv image-debug
 	GRPCURL=$(CURDIR)/$(VENV)/bin/grpcurl cargo test -p rocket-rides-tests --locked --lib --test it -- --test-threads=2
 
 # The chaos soak on its own, 10 minutes by default (make test runs a 45 s one).
@@ -45,11 +45,22 @@ bench:
 	cargo build --release --bins --locked
 	ROCKET_RIDES_BIN_DIR=$(CURDIR)/target/release cargo bench -p rocket-rides-tests --locked --bench pipeline
 
-chart: venv
+# Needs promtool (Debian's prometheus) and Postgres (the chart's init script is run against it).
+chart: deps venv
 	$(PY) -m pytest -q tests/chart
 
-image:
-	docker build -f deploy/Dockerfile -t rocket-rides-log:dev .
+# The OCI image without a Docker daemon (buildah, from scratch; deploy/image/build.sh) from the
+# release binaries: localhost/rocket-rides-log:<version>, saved as target/image/rocket-rides-log.oci.tar.
+# With Docker instead: docker build -f deploy/Dockerfile . (the same content).
+image: deps
+	cargo build --workspace --release --bins --locked
+	PROFILE=release bash deploy/image/build.sh
+
+# The same image from the debug binaries `make build` made, in seconds rather than a release
+# build: localhost/rocket-rides-log:<version>-debug, target/image/rocket-rides-log-debug.oci.tar.
+# The container smoke test (tests/it/container.rs) runs it.
+image-debug: deps build
+	PROFILE=debug bash deploy/image/build.sh
 
 clean:
 	rm -rf .data .run $(VENV)

@@ -5,6 +5,7 @@ use std::{env, fs, path::PathBuf};
 const PROTOS: &[&str] = &[
     "rocketrides/v1/rides.proto",
     "rocketrides/v1/consumer.proto",
+    "rocketrides/v1/history.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

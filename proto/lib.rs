@@ -7,3 +7,6 @@ pub mod v1 {
 /// Encoded descriptors of every file in `rocketrides.v1`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("rocketrides_descriptor");
+
+/// The well-known types the messages use (`Timestamp`).
+pub use prost_types;

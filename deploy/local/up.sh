@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # `make up`: the whole system on this machine, like the original's `forego start`. Starts a
 # throwaway Postgres and Redis (data in .data/up, wiped at each start; Redis with AOF and
-# appendfsync always), migrates, then runs the api, the streamer, consumer0, consumer1 and the
-# simulator with failure simulation on, every line prefixed with its process's name. The log has
-# LOG_PARTITIONS (4) partitions.
+# appendfsync always), migrates, then runs the api, the streamer, consumer0, consumer1, two
+# history members (history0, history1: one Redis consumer group) and the simulator with failure
+# simulation on, every line prefixed with its process's name. The log has LOG_PARTITIONS (4)
+# partitions.
 # REDIS_MODE=cluster runs a Redis Cluster instead of one Redis: 3 masters and 3 replicas on
-# ports REDIS_PORT..REDIS_PORT+5. Ctrl-C stops everything it started.
+# ports REDIS_PORT..REDIS_PORT+5. PROMETHEUS=1 also runs a Prometheus scraping every service
+# (deploy/monitoring/prometheus.yml, with the chart's alerts), UI on :9090. Ctrl-C stops
+# everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -25,6 +28,14 @@ case $REDIS_MODE in
 esac
 
 bash deploy/local/install-deps.sh
+if [ "${PROMETHEUS:-0}" = 1 ]; then
+  command -v prometheus >/dev/null || { echo "PROMETHEUS=1 needs prometheus (apt-get install prometheus)" >&2; exit 2; }
+  # Debian's package may start its own server on :9090 (systemctl disable --now prometheus).
+  if (exec 3<>/dev/tcp/127.0.0.1/9090) 2>/dev/null; then
+    echo "PROMETHEUS=1: something already listens on :9090 (Debian's prometheus service?)" >&2
+    exit 2
+  fi
+fi
 cargo build --bins $([ "$PROFILE" = release ] && echo --release)
 bin=$root/target/$PROFILE
 
@@ -101,6 +112,14 @@ run consumer0 env LISTEN_ADDR=127.0.0.1:50052 METRICS_ADDR=127.0.0.1:9103 CONSUM
   OTEL_SERVICE_NAME=rocket-rides-consumer "$bin/rocket-rides-consumer"
 run consumer1 env LISTEN_ADDR=127.0.0.1:50062 METRICS_ADDR=127.0.0.1:9104 CONSUMER_NAME=consumer1 CRASH_RATE=$FAILURE_RATE \
   OTEL_SERVICE_NAME=rocket-rides-consumer "$bin/rocket-rides-consumer"
+for i in 0 1; do
+  run history$i env LISTEN_ADDR=127.0.0.1:$((50055 + i)) METRICS_ADDR=127.0.0.1:$((9105 + i)) CONSUMER_INSTANCE=history$i \
+    OTEL_SERVICE_NAME=rocket-rides-history "$bin/rocket-rides-history"
+done
+if [ "${PROMETHEUS:-0}" = 1 ]; then
+  run prometheus prometheus --config.file=deploy/monitoring/prometheus.yml \
+    --web.listen-address=127.0.0.1:9090 --storage.tsdb.path="$data/prometheus" --log.level=warn
+fi
 run simulator env LISTEN_ADDR=127.0.0.1:50054 API_URL=http://127.0.0.1:$API_PORT \
   RIDES_PER_SECOND=$RIDES_PER_SECOND CONSUMER_URLS=http://127.0.0.1:50052,http://127.0.0.1:50062 \
   OTEL_SERVICE_NAME=rocket-rides-simulator "$bin/rocket-rides-simulator"
@@ -110,9 +129,12 @@ cat <<BANNER
 Rocket Rides Log is up. The simulator prints both consumers' totals every 5 s. Try:
   grpcurl -plaintext -d '{"distance": 12.5}' 127.0.0.1:$API_PORT rocketrides.v1.RideService/CreateRide
   grpcurl -plaintext 127.0.0.1:50052 rocketrides.v1.ConsumerService/GetTotal
+  grpcurl -plaintext -d '{"ride_id": 1}' 127.0.0.1:50055 rocketrides.v1.HistoryService/GetRide
   psql $DATABASE_URL -c 'SELECT SUM(distance), COUNT(*) FROM rides'
+  DATABASE_URL=$DATABASE_URL REDIS_URL=$REDIS_URL target/$PROFILE/rocket-rides-log consumers   (or tail, info)
 Metrics: curl 127.0.0.1:9101/metrics (api), :9102 (streamer: backlog, stream length, consumer lag),
-         :9103 (consumer0), :9104 (consumer1)
+         :9103 (consumer0), :9104 (consumer1), :9105/:9106 (history0/1)
+Prometheus: $([ "${PROMETHEUS:-0}" = 1 ] && echo "http://127.0.0.1:9090" || echo "off; start with PROMETHEUS=1")
 Traces: ${OTEL_EXPORTER_OTLP_ENDPOINT:-off; run a Jaeger all-in-one and start with OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317}
 Ctrl-C stops everything.
 ------------------------------------------------------------------------------------------------

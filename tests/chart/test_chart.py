@@ -1,24 +1,41 @@
 """The Helm chart, checked without a cluster: linted and rendered by the real Helm SDK,
 every object validated against the Kubernetes schemas, then the things a schema cannot see."""
 
+import base64
 import copy
+import json
+import os
 import pathlib
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 
 import helm_python
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
 CHART = pathlib.Path(__file__).resolve().parents[2] / "helm" / "rocket-rides"
+HERE = pathlib.Path(__file__).resolve().parent
 KUBE_VERSION = "1.33.0"
 RELEASE, NAMESPACE = "demo", "rides"
+FULL = f"{RELEASE}-rocket-rides"
+
+# The chart never generates passwords (see its README): every render gets these unless a test
+# says otherwise (auth=False).
+AUTH = {"postgresql": {"auth": {"password": "app-secret", "postgresPassword": "super-secret"}},
+        "redis": {"auth": {"password": "redis-secret"}}}
+DEMO = yaml.safe_load((CHART / "values-demo.yaml").read_text())
+MONITORING = {"monitoring": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
+                             "prometheusRule": {"enabled": True}, "grafanaDashboard": {"enabled": True}}}
 
 VALUE_SETS = {
     "default": {},
+    "demo": DEMO,
     "external": {
         "postgresql": {"enabled": False},
         "externalDatabase": {"existingSecret": "rides-db", "urlKey": "url"},
@@ -27,44 +44,72 @@ VALUE_SETS = {
         "chaos": {"enabled": False},
         "jaeger": {"enabled": False},
         "tracing": {"otlpEndpoint": "http://collector.observability:4317"},
+        "migrations": {"hook": {"enabled": True}},
     },
     "hardened": {
-        "networkPolicy": {"enabled": True},
         "consumer": {"groups": [{"name": "totals", "replicas": 3}, {"name": "audit", "replicas": 1}]},
         "streamer": {"replicas": 2},
-        "simulator": {"enabled": False},
-        "failureSimulation": {"doubleSendRate": 0, "crashRate": 0},
+        "chaos": {"enabled": True, "mode": "delete"},
     },
     "single": {"api": {"replicas": 1}, "consumer": {"groups": [{"name": "totals", "replicas": 1}]},
-               "chaos": {"dryRun": True}},
+               "history": {"replicas": 1}, "chaos": {"enabled": True, "dryRun": True},
+               "networkPolicy": {"enabled": False}, "metrics": {"enabled": False}},
     "cluster": {
         "redis": {"cluster": {"enabled": True}},
-        "networkPolicy": {"enabled": True},
-        "chaos": {"targetRedisCluster": True},
+        "chaos": {"enabled": True, "targetRedisCluster": True},
     },
+    "monitoring": MONITORING | {"chaos": {"enabled": True}},
+    "existing": {"postgresql": {"auth": {"existingSecret": "my-pg"}},
+                 "redis": {"auth": {"existingSecret": "my-redis", "existingSecretPasswordKey": "pw"}},
+                 "history": {"enabled": False}},
 }
+# Value sets whose secrets come from existingSecret (no password values).
+NO_AUTH = {"existing"}
 
 WORKLOADS = {"Deployment", "StatefulSet", "Job", "CronJob", "Pod"}
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 DEFAULT_GROUPS = [{"name": "totals-a", "replicas": 2}, {"name": "totals-b", "replicas": 2}]
 
 
-def render(values, release=RELEASE):
+def merged(base, extra):
+    """`extra` deep-merged over `base` (dicts only; lists replace)."""
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def with_auth(values, auth=True):
+    return merged(AUTH, values) if auth else copy.deepcopy(values)
+
+
+def render_files(values, release=RELEASE, auth=True):
     chart = helm_python.Chart.load(str(CHART))
     try:
-        out = chart.render(values, name=release, namespace=NAMESPACE, is_install=True)
+        return chart.render(with_auth(values, auth), name=release, namespace=NAMESPACE, is_install=True)
     finally:
         chart.close()
+
+
+def render(values, release=RELEASE, auth=True):
     objects = []
-    for path, text in out.items():
+    for path, text in render_files(values, release, auth).items():
         if not path.endswith(".yaml"):
             continue
         objects += [o for o in yaml.safe_load_all(text) if o]
     return objects
 
 
+def render_error(values, auth=True):
+    """The error Helm gives for `values`."""
+    with pytest.raises(helm_python.HelmError) as err:
+        render(values, auth=auth)
+    return str(err.value)
+
+
 @pytest.fixture(scope="module", params=sorted(VALUE_SETS))
 def rendered(request):
-    return request.param, render(VALUE_SETS[request.param])
+    return request.param, render(VALUE_SETS[request.param], auth=request.param not in NO_AUTH)
 
 
 def pod_spec(obj):
@@ -95,8 +140,8 @@ def find(objects, kind, name):
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
 def test_lints_clean(name):
-    result = helm_python.lint(str(CHART), VALUE_SETS[name], strict=True, namespace=NAMESPACE,
-                              kube_version=f"v{KUBE_VERSION}")
+    result = helm_python.lint(str(CHART), with_auth(VALUE_SETS[name], name not in NO_AUTH), strict=True,
+                              namespace=NAMESPACE, kube_version=f"v{KUBE_VERSION}")
     assert result["errors"] == []
     problems = [m for m in result["messages"] if m["severity"] >= 2]
     assert problems == []
@@ -106,6 +151,8 @@ def test_every_object_validates_against_the_kubernetes_schemas(rendered):
     _, objects = rendered
     assert objects
     for obj in objects:
+        if obj["kind"] in CRD_KINDS:
+            continue  # test_monitoring_objects_validate_against_their_crd_schemas
         kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
 
 
@@ -181,7 +228,9 @@ def test_secret_and_config_references_resolve(rendered):
     configmaps = {o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"}
     values = VALUE_SETS[name]
     secrets |= {v.get("existingSecret") for v in (values.get("externalDatabase", {}),
-                                                 values.get("externalRedis", {})) if v.get("existingSecret")}
+                                                 values.get("externalRedis", {}),
+                                                 values.get("postgresql", {}).get("auth", {}),
+                                                 values.get("redis", {}).get("auth", {})) if v.get("existingSecret")}
     for obj in (o for o in objects if o["kind"] in WORKLOADS):
         for c in containers(obj):
             for env in c.get("env", []):
@@ -253,8 +302,11 @@ def test_one_statefulset_per_consumer_group(rendered):
         assert headless["spec"]["clusterIP"] == "None"
         svc = find(objects, "Service", consumer_name(group["name"]))
         assert svc["spec"].get("clusterIP") != "None"
-        assert svc["spec"]["ports"] == [{"name": "grpc", "port": 50052, "targetPort": "grpc",
-                                         "appProtocol": "grpc"}]
+        metrics = name != "single"  # metrics are off there
+        assert svc["spec"]["ports"] == [{"name": "grpc", "port": 50052, "targetPort": "grpc", "appProtocol": "grpc"}] + \
+            ([{"name": "metrics", "port": 9090, "targetPort": "metrics"}] if metrics else [])
+        assert (svc["metadata"]["labels"].get("rocket-rides/metrics") == "true") == metrics
+        assert "metrics" not in {p["name"] for p in headless["spec"]["ports"]}
         selected = [o for o in consumer_statefulsets(objects)
                     if svc["spec"]["selector"].items() <= pod_labels(o).items()]
         assert selected == [sts]
@@ -299,7 +351,7 @@ def test_consumer_groups_kubernetes_cannot_run_are_a_clear_error(groups, message
     chart = helm_python.Chart.load(str(CHART))
     try:
         with pytest.raises(helm_python.HelmError, match=re.escape(message)):
-            chart.render({"consumer": {"groups": groups}}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+            chart.render(with_auth({"consumer": {"groups": groups}}), name=RELEASE, namespace=NAMESPACE, is_install=True)
     finally:
         chart.close()
 
@@ -325,23 +377,46 @@ def test_the_helm_test_asks_every_logical_consumer_through_its_service(rendered)
 
 
 FAKE_GRPCURL = """#!{python}
+# grpcurl as the helm test sees it: CreateRide fails FLAKY times first (chaos took the api pod),
+# history knows the ride after two asks, and each consumer's partition 2 reaches the ride's seq
+# (57) after it was created, unless the consumer is DEAF (never applies it) or DOWN.
 import json, os, pathlib, sys
 state = pathlib.Path(os.environ["STATE"])
-address, method = sys.argv[-2:]
+args = sys.argv[1:]
+address, method = args[-2:]
+body = args[args.index("-d") + 1] if "-d" in args else ""
 with open(state / "calls", "a") as calls:
-    calls.write(f"{{address}} {{method}}\\n")
-if method.endswith("/CreateRide"):
-    (state / "created").touch()
-    print(json.dumps({{"id": "1"}}, indent=2))
-    sys.exit(0)
+    calls.write(f"{{address}} {{method}} {{body}}\\n")
+def bump(name):
+    f = state / name
+    n = int(f.read_text()) + 1 if f.exists() else 1
+    f.write_text(str(n))
+    return n
 host = address.split(":")[0]
 if host in os.environ.get("DOWN", "").split():
     sys.exit("connection refused")
-counted = (state / "created").exists() and host not in os.environ.get("DEAF", "").split()
-# As GetTotal answers: the consumer's fields first, then each partition's, which never change here.
-print(json.dumps({{"totalDistance": 10, "rideCount": str(7 + counted),
-                  "partitions": [{{"partition": 0, "rideCount": "3"}}, {{"partition": 1, "rideCount": "4"}}]}},
-                 indent=2))
+created = (state / "created").exists()
+if method.endswith("/CreateRide"):
+    if bump("create-calls") <= int(os.environ.get("FLAKY", "0")):
+        sys.exit("Failed to dial target host: connection refused")
+    (state / "created").write_text(json.loads(body)["rider_id"])
+    print(json.dumps({{"rideId": "4242", "distance": 1234.5}}, indent=2))
+    sys.exit(0)
+if method.endswith("/GetRide"):
+    assert json.loads(body)["ride_id"] == "4242", body
+    if not created or bump("get-ride-calls") < 2:
+        sys.exit("ERROR:\\n  Code: NotFound\\n  Message: ride 4242 is not in the history yet")
+    print(json.dumps({{"rideId": "4242", "riderId": (state / "created").read_text(), "distance": 1234.5,
+                      "partition": 2, "seq": "57", "streamId": "1-0"}}, indent=2))
+    sys.exit(0)
+counted = created and host not in os.environ.get("DEAF", "").split()
+# As GetTotal answers with -emit-defaults: the consumer's fields first, then each partition's;
+# the simulator keeps the other partitions and the ride count moving.
+calls = bump(f"total-{{host}}")
+parts = [{{"partition": p, "lastSeq": str(100 + calls if p != 2 else (57 if counted else 56)),
+          "rideCount": str(10 + p), "owner": "x"}} for p in range(4)]
+print(json.dumps({{"consumer": host, "totalDistance": 10, "rideCount": str(7 + calls),
+                  "partitions": parts}}, indent=2))
 """
 
 
@@ -354,90 +429,210 @@ def run_helm_test(tmp_path, values, **env):
     fake.chmod(0o755)
     state = tmp_path / "state"
     state.mkdir()
+    # The script sleeps between attempts; a fake sleep keeps this fast.
+    (bin_dir / "sleep").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sleep").chmod(0o755)
     out = subprocess.run(["sh", "-ec", script], capture_output=True, text=True, timeout=60,
                          env={"PATH": f"{bin_dir}:/usr/bin:/bin", "STATE": str(state), **env})
-    return out, (state / "calls").read_text().splitlines()
+    calls = (state / "calls").read_text().splitlines() if (state / "calls").exists() else []
+    return out, calls
 
 
-def test_the_helm_test_passes_once_every_logical_consumer_counted_the_ride(tmp_path):
-    out, calls = run_helm_test(tmp_path, VALUE_SETS["hardened"])
-    assert out.returncode == 0, out.stderr
+def test_the_helm_test_waits_for_its_own_ride_in_every_logical_consumer(tmp_path):
+    out, calls = run_helm_test(tmp_path, VALUE_SETS["hardened"], FLAKY="2")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ride 4242 is seq 57 of partition 2" in out.stdout
     for group in ("totals", "audit"):
         assert f"{consumer_name(group)}:50052 counted it" in out.stdout
-        assert f"{consumer_name(group)}:50052 rocketrides.v1.ConsumerService/GetTotal" in calls
-    assert calls.count(f"{RELEASE}-rocket-rides-api:50051 rocketrides.v1.RideService/CreateRide") == 1
+    creates = [c for c in calls if c.startswith(f"{FULL}-api:50051 rocketrides.v1.RideService/CreateRide")]
+    # Retried after the api failed twice, always with the same idempotency key and its own rider.
+    assert len(creates) == 3
+    bodies = [json.loads(c.split(" ", 2)[2]) for c in creates]
+    assert len({b["idempotency_key"] for b in bodies}) == 1 and bodies[0]["idempotency_key"].startswith("helm-test-")
+    assert bodies[0]["rider_id"] == bodies[0]["idempotency_key"]
+    assert any(c.startswith(f"{FULL}-history:50055 rocketrides.v1.HistoryService/GetRide") for c in calls)
 
 
-@pytest.mark.parametrize("env", [{"DEAF": consumer_name("audit")}, {"DOWN": consumer_name("audit")}])
-def test_the_helm_test_fails_when_a_logical_consumer_does_not_count_the_ride(tmp_path, env):
-    values = copy.deepcopy(VALUE_SETS["hardened"])
-    values["tests"] = {"timeoutSeconds": 2}
-    out, _ = run_helm_test(tmp_path, values, **env)
+def test_the_helm_test_is_not_fooled_by_other_rides(tmp_path):
+    """The simulator's rides move every consumer's ride count and the other partitions; a consumer
+    that never applies the test's ride still fails the test."""
+    values = merged(VALUE_SETS["hardened"], {"tests": {"timeoutSeconds": 3}})
+    out, calls = run_helm_test(tmp_path, values, DEAF=consumer_name("audit"))
     assert out.returncode == 1
     assert f"{consumer_name('totals')}:50052 counted it" in out.stdout
-    assert f"{consumer_name('audit')}:50052 did not count the ride in time" in out.stdout
+    assert f"{consumer_name('audit')}:50052 did not count the ride in time (partition 2 at 56, ride at 57)" in out.stdout
 
 
-def test_chaos_role_grants_only_listing_and_deleting_pods():
-    objects = render({})
-    role = find(objects, "Role", f"{RELEASE}-rocket-rides-chaos")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "delete"]}]
+@pytest.mark.parametrize("env,message", [
+    ({"DOWN": consumer_name("audit")}, f"{consumer_name('audit')}:50052 did not count the ride in time"),
+    ({"DOWN": f"{FULL}-history"}, "history did not record ride 4242 in time"),
+    ({"FLAKY": "1000"}, "CreateRide kept failing"),
+])
+def test_the_helm_test_fails_in_time_when_a_service_does_not_answer(tmp_path, env, message):
+    values = merged(VALUE_SETS["hardened"], {"tests": {"timeoutSeconds": 2}})
+    out, _ = run_helm_test(tmp_path, values, **env)
+    assert out.returncode == 1
+    assert message in out.stdout
+
+
+def test_the_helm_test_without_history_falls_back_to_ride_counts(tmp_path):
+    values = merged(VALUE_SETS["hardened"], {"history": {"enabled": False}})
+    out, calls = run_helm_test(tmp_path, values)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "history is disabled" in out.stdout
+    assert not any("HistoryService" in c for c in calls)
+
+
+@pytest.mark.parametrize("mode,events,rules", [
+    ("evict", True, [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+                     {"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]},
+                     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]}]),
+    ("delete", False, [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "delete"]}]),
+])
+def test_chaos_role_grants_only_what_its_mode_needs(mode, events, rules):
+    objects = render({"chaos": {"enabled": True, "mode": mode, "events": events}})
+    role = find(objects, "Role", f"{FULL}-chaos")
+    assert role["rules"] == rules
     assert not [o for o in objects if o["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
-    binding = find(objects, "RoleBinding", f"{RELEASE}-rocket-rides-chaos")
+    binding = find(objects, "RoleBinding", f"{FULL}-chaos")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    cron = find(objects, "CronJob", f"{RELEASE}-rocket-rides-chaos")
+    cron = find(objects, "CronJob", f"{FULL}-chaos")
     spec = pod_spec(cron)
     assert spec["serviceAccountName"] == binding["subjects"][0]["name"]
+    assert spec["automountServiceAccountToken"] is True
     env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
-    assert env["DRY_RUN"] == "false" and env["GRACE_PERIOD_SECONDS"] == "0"
+    assert env["MODE"] == mode and env["EVENTS"] == str(events).lower()
+    assert env["DRY_RUN"] == "false" and int(env["GRACE_PERIOD_SECONDS"]) >= 1
+    assert cron["spec"]["startingDeadlineSeconds"] == 120 and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    assert cron["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"] == 120
     # Its selector reaches the app's pods, and only those of this release.
     selector = dict(kv.split("=") for kv in env["TARGET_SELECTOR"].split(","))
     targets = [o for o in objects if o["kind"] in {"Deployment", "StatefulSet"}
                and selector.items() <= pod_labels(o).items()]
     assert {t["metadata"]["labels"]["app.kubernetes.io/component"] for t in targets} == \
-        {"api", "consumer", "simulator", "streamer"}
+        {"api", "consumer", "history", "streamer"}
     assert all(s in targets for s in consumer_statefulsets(objects))
 
 
-def test_network_policies_admit_only_the_clients_of_postgres_and_redis():
-    objects = render(VALUE_SETS["hardened"])
-    policies = {o["metadata"]["name"]: o for o in objects if o["kind"] == "NetworkPolicy"}
-    workloads = [o for o in objects if o["kind"] in {"Deployment", "StatefulSet", "Job"}]
-    for dep, port, clients in (("postgresql", 5432, {"api", "streamer", "consumer", "migrations"}),
-                               ("redis", 6379, {"streamer", "consumer"})):
-        rule = policies[f"{RELEASE}-rocket-rides-{dep}"]["spec"]["ingress"][0]
-        assert rule["ports"] == [{"port": port, "protocol": "TCP"}]
-        allowed = rule["from"][0]["podSelector"]["matchLabels"]
-        admitted = {w["metadata"]["labels"]["app.kubernetes.io/component"] for w in workloads
-                    if allowed.items() <= pod_labels(w).items()}
-        assert admitted == clients, dep
-    assert not any(o["kind"] == "NetworkPolicy" for o in render({}))
+def test_chaos_is_off_by_default_and_a_zero_grace_period_is_refused():
+    assert not [o for o in render({}) if o["kind"] == "CronJob"]
+    message = render_error({"chaos": {"enabled": True, "gracePeriodSeconds": 0}})
+    assert "gracePeriodSeconds" in message
 
 
-def test_defaults_wire_postgres_redis_jaeger_and_failure_simulation():
+def test_defaults_are_production_and_values_demo_turns_the_demo_on():
+    objects = render({})
+    env = env_of(find(objects, "Deployment", f"{FULL}-streamer"))
+    assert env["DOUBLE_SEND_RATE"]["value"] == "0"
+    for sts in consumer_statefulsets(objects):
+        assert env_of(sts)["CRASH_RATE"]["value"] == "0"
+    components = {o["metadata"]["labels"]["app.kubernetes.io/component"] for o in objects}
+    assert not {"simulator", "chaos"} & components
+    assert any(o["kind"] == "NetworkPolicy" for o in objects)
+    demo = render(DEMO, auth=False)
+    env = env_of(find(demo, "Deployment", f"{FULL}-streamer"))
+    assert env["DOUBLE_SEND_RATE"]["value"] == "0.1"
+    for sts in consumer_statefulsets(demo):
+        assert env_of(sts)["CRASH_RATE"]["value"] == "0.1"
+    assert find(demo, "Deployment", f"{FULL}-simulator") and find(demo, "CronJob", f"{FULL}-chaos")
+    assert env_of(find(demo, "Deployment", f"{FULL}-simulator"))["RIDES_PER_SECOND"]["value"] == "5"
+
+
+def test_defaults_wire_postgres_redis_jaeger_and_the_database_role():
     objects = render({})
     kinds = sorted((o["kind"], o["metadata"]["name"]) for o in objects)
-    for expected in [("StatefulSet", "demo-rocket-rides-postgresql"), ("StatefulSet", "demo-rocket-rides-redis"),
-                     ("Deployment", "demo-rocket-rides-jaeger"), ("Job", "demo-rocket-rides-migrations"),
-                     ("CronJob", "demo-rocket-rides-chaos"), ("Pod", "demo-rocket-rides-test-create-ride")]:
+    for expected in [("StatefulSet", f"{FULL}-postgresql"), ("StatefulSet", f"{FULL}-redis"),
+                     ("Deployment", f"{FULL}-jaeger"), ("Deployment", f"{FULL}-history"),
+                     ("Pod", f"{FULL}-test-create-ride")]:
         assert expected in kinds
-    redis = find(objects, "StatefulSet", "demo-rocket-rides-redis")
-    command = " ".join(redis["spec"]["template"]["spec"]["containers"][0]["command"])
+    redis = find(objects, "StatefulSet", f"{FULL}-redis")
+    command = " ".join(containers(redis)[0]["command"])
     assert "--appendonly yes" in command and "--appendfsync always" in command
-    api_env = {e["name"]: e for e in containers(find(objects, "Deployment", "demo-rocket-rides-api"), init=False)[0]["env"]}
-    assert api_env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://demo-rocket-rides-jaeger:4317"
+    api_env = env_of(find(objects, "Deployment", f"{FULL}-api"))
+    assert api_env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == f"http://{FULL}-jaeger:4317"
     assert api_env["OTEL_SERVICE_NAME"]["value"] == "rocket-rides-api"
-    streamer_env = {e["name"]: e for e in containers(find(objects, "Deployment", "demo-rocket-rides-streamer"), init=False)[0]["env"]}
-    assert streamer_env["DOUBLE_SEND_RATE"]["value"] == "0.1"
-    migrations = find(objects, "Job", "demo-rocket-rides-migrations")
-    assert pod_spec(migrations)["containers"][0]["command"] == ["rocket-rides-api", "migrate"]
-    assert "pre-upgrade" in migrations["metadata"]["annotations"]["helm.sh/hook"]
-    secret = find(objects, "Secret", "demo-rocket-rides-postgresql")
-    assert {"password", "database-url"} <= secret["data"].keys()
+    # The apps connect as the application role, never the superuser, with the password from the
+    # Secret in PGPASSWORD (sqlx reads it when the URL has none: any character is safe).
+    url = api_env["DATABASE_URL"]["value"]
+    assert url == f"postgres://rocketrides@{FULL}-postgresql:5432/rocketrides"
+    assert api_env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": f"{FULL}-postgresql", "key": "password"}
+    names = [e["name"] for e in containers(find(objects, "Deployment", f"{FULL}-api"), init=False)[0]["env"]]
+    assert names.index("PGPASSWORD") < names.index("DATABASE_URL")
+    pg = find(objects, "StatefulSet", f"{FULL}-postgresql")
+    pg_env = env_of(pg)
+    assert pg_env["POSTGRES_USER"]["value"] == "postgres" and pg_env["APP_USER"]["value"] == "rocketrides"
+    assert pg_env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "postgres-password"
+    assert pg_env["APP_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "password"
+    init = find(objects, "ConfigMap", f"{FULL}-postgresql-init")["data"]["10-app-role.sh"]
+    assert "NOSUPERUSER" in init and "NOCREATEROLE" in init and 'ALTER DATABASE :"db" OWNER TO :"app_user"' in init
+    mounts = {m["mountPath"]: m["name"] for m in containers(pg)[0]["volumeMounts"]}
+    assert mounts["/docker-entrypoint-initdb.d"] == "init"
+    secret = find(objects, "Secret", f"{FULL}-postgresql")
+    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == \
+        {"password": "app-secret", "postgres-password": "super-secret"}
+    # No Helm hooks by default (GitOps-safe): migrations run in init containers.
+    assert not [o for o in objects if "helm.sh/hook" in o["metadata"].get("annotations", {})
+                and o["kind"] != "Pod"]
     external = render(VALUE_SETS["external"])
     assert not any(o["kind"] == "Secret" for o in external)
-    hook = find(external, "Job", "demo-rocket-rides-migrations")["metadata"]["annotations"]["helm.sh/hook"]
+    hook = find(external, "Job", f"{FULL}-migrations")["metadata"]["annotations"]["helm.sh/hook"]
     assert hook == "pre-install,pre-upgrade"
+    assert env_of(find(external, "Deployment", f"{FULL}-api"))["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == \
+        {"name": "rides-db", "key": "url"}
+
+
+def test_the_app_role_created_by_the_init_script_can_migrate_but_is_no_superuser():
+    """Runs the Postgres init script against a real, throwaway Postgres (the Debian package
+    `make deps` installs), then does as the app role what migrations and the streamer do."""
+    bindir = next(iter(sorted(pathlib.Path("/usr/lib/postgresql").glob("*/bin"))), None)
+    assert bindir and (bindir / "initdb").exists(), "Postgres is missing: run `make deps`"
+    script = find(render({}), "ConfigMap", f"{FULL}-postgresql-init")["data"]["10-app-role.sh"]
+    # Not under pytest's tmp_path: as root, that is closed to the user Postgres must run as.
+    tmp = tempfile.TemporaryDirectory(prefix="rr-chart-pg-")
+    tmp_path = pathlib.Path(tmp.name)
+    data, sock = tmp_path / "data", tmp_path / "sock"
+    sock.mkdir()
+    env = {"PATH": f"{bindir}:/usr/bin:/bin", "PGHOST": str(sock), "PGPORT": "55439"}
+    # Postgres refuses to run as root: as nobody then.
+    as_user = {} if os.geteuid() else {"user": 65534, "group": 65534}
+    if as_user:
+        os.chown(tmp_path, 65534, 65534)
+        os.chown(sock, 65534, 65534)
+    init = subprocess.run(["initdb", "-D", str(data), "-U", "postgres", "--auth", "trust"], env=env,
+                          capture_output=True, text=True, timeout=60, **as_user)
+    assert init.returncode == 0, init.stderr
+    server = subprocess.Popen(["postgres", "-D", str(data), "-k", str(sock), "-h", "", "-p", "55439"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **as_user)
+    try:
+        for _ in range(100):
+            if subprocess.run(["pg_isready", "-q"], env=env).returncode == 0:
+                break
+            time.sleep(0.1)
+        subprocess.run(["psql", "-q", "-U", "postgres", "-c", "CREATE DATABASE rocketrides"], env=env, check=True,
+                       capture_output=True, timeout=30)
+        subprocess.run(["sh", "-c", script], check=True, capture_output=True, timeout=30,
+                       env=env | {"POSTGRES_USER": "postgres", "POSTGRES_DB": "rocketrides",
+                                  "APP_USER": "rocketrides", "APP_PASSWORD": "app-secret"})
+
+        def psql(sql, user="rocketrides"):
+            return subprocess.run(["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-U", user,
+                                   "-d", "rocketrides", "-c", sql], env=env, capture_output=True, text=True, timeout=30)
+        attrs = psql("SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = current_user")
+        assert attrs.stdout.strip() == "f|f|f", attrs
+        # What the migrations and the streamer do: tables, partitions created and dropped, a sequence.
+        ddl = psql("CREATE TABLE log_records (partition INT NOT NULL, seq BIGINT, id BIGSERIAL) PARTITION BY LIST (partition);"
+                   "CREATE TABLE log_records_0 PARTITION OF log_records FOR VALUES IN (0) PARTITION BY RANGE (seq);"
+                   "CREATE TABLE IF NOT EXISTS log_records_0_1 PARTITION OF log_records_0 FOR VALUES FROM (1) TO (100);"
+                   "INSERT INTO log_records (partition, seq) VALUES (0, 5);"
+                   "DROP TABLE log_records_0_1;"
+                   "SELECT pg_advisory_lock(1), pg_advisory_unlock(1);")
+        assert ddl.returncode == 0, ddl.stderr
+        denied = psql("CREATE ROLE intruder")
+        assert denied.returncode != 0 and "permission denied" in denied.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        tmp.cleanup()
 
 
 CLUSTER = f"{RELEASE}-rocket-rides-redis-cluster"
@@ -447,9 +642,13 @@ def cluster_nodes(n):
     return [f"{CLUSTER}-{i}.{CLUSTER}-headless:6379" for i in range(n)]
 
 
+REDIS_PASSWORD_ENV = {"secretKeyRef": {"name": f"{FULL}-redis", "key": "redis-password"}}
+
+
 def redis_env(objects):
-    """REDIS_* of the streamer and of every consumer group, by workload."""
-    apps = [find(objects, "Deployment", f"{RELEASE}-rocket-rides-streamer")] + consumer_statefulsets(objects)
+    """REDIS_* of the streamer, every consumer group and history, by workload."""
+    apps = [find(objects, "Deployment", f"{RELEASE}-rocket-rides-streamer")] + consumer_statefulsets(objects) + \
+        [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == f"{FULL}-history"]
     assert len(apps) > 1
     return {o["metadata"]["name"]: {e["name"]: e.get("value", e.get("valueFrom"))
                                     for e in containers(o, init=False)[0]["env"]
@@ -472,8 +671,12 @@ def test_redis_cluster_replaces_the_single_redis():
                  "--cluster-node-timeout 5000", "--appendonly yes", "--appendfsync always",
                  "--maxmemory 200mb", "--maxmemory-policy noeviction",
                  f"--cluster-announce-hostname $(POD_NAME).{CLUSTER}-headless.{NAMESPACE}.svc",
-                 "--cluster-preferred-endpoint-type hostname"):
+                 "--cluster-preferred-endpoint-type hostname",
+                 "--requirepass $(REDIS_PASSWORD)", "--masterauth $(REDIS_PASSWORD)"):
         assert flag in args, flag
+    env = env_of(sts)
+    assert env["REDIS_PASSWORD"]["valueFrom"] == REDIS_PASSWORD_ENV
+    assert env["REDISCLI_AUTH"]["value"] == "$(REDIS_PASSWORD)"
     # The start script hands the arguments on to Redis.
     assert redis["command"][:2] == ["sh", "-ec"] and redis["command"][2].rstrip().endswith('exec "$@"')
     assert {p["containerPort"] for p in redis["ports"]} == {6379, 16379}
@@ -483,7 +686,8 @@ def test_redis_cluster_replaces_the_single_redis():
     assert find(defaults, "StatefulSet", f"{RELEASE}-rocket-rides-redis")["spec"]["replicas"] == 1
     assert not [o for o in defaults if o["metadata"]["name"].startswith(CLUSTER)]
     for env in redis_env(defaults).values():
-        assert env == {"REDIS_URL": f"redis://{RELEASE}-rocket-rides-redis:6379"}
+        assert env == {"REDIS_PASSWORD": REDIS_PASSWORD_ENV,
+                       "REDIS_URL": f"redis://:$(REDIS_PASSWORD)@{RELEASE}-rocket-rides-redis:6379"}
 
 
 def test_redis_cluster_bootstrap_job_creates_the_cluster_over_every_node_once():
@@ -507,7 +711,8 @@ def test_redis_cluster_bootstrap_job_creates_the_cluster_over_every_node_once():
 
 def test_streamer_and_consumers_reach_every_cluster_node():
     for name, env in redis_env(render(VALUE_SETS["cluster"])).items():
-        assert env["REDIS_URL"].split(",") == [f"redis://{n}" for n in cluster_nodes(6)], name
+        assert env["REDIS_URL"].split(",") == [f"redis://:$(REDIS_PASSWORD)@{n}" for n in cluster_nodes(6)], name
+        assert env["REDIS_PASSWORD"] == REDIS_PASSWORD_ENV
         assert env["REDIS_CLUSTER"] == "true", name
         assert "REDIS_WAIT_REPLICAS" not in env, name
 
@@ -534,7 +739,7 @@ def test_wait_replicas_that_no_replica_could_meet_are_a_clear_error(values, mess
     chart = helm_python.Chart.load(str(CHART))
     try:
         with pytest.raises(helm_python.HelmError, match=re.escape(message)):
-            chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+            chart.render(with_auth(values), name=RELEASE, namespace=NAMESPACE, is_install=True)
     finally:
         chart.close()
 
@@ -549,32 +754,161 @@ def test_external_redis_cluster_sets_the_cluster_flag():
         assert env["REDIS_CLUSTER"] == "true", name
 
 
-def test_network_policy_admits_clients_and_the_cluster_bus_between_nodes():
-    objects = render(VALUE_SETS["cluster"])
-    policy = find(objects, "NetworkPolicy", CLUSTER)
-    workloads = [o for o in objects if o["kind"] in {"Deployment", "StatefulSet", "Job"}]
-    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels(find(objects, "StatefulSet", CLUSTER)).items()
+# ---- NetworkPolicies, evaluated: a small model of the NetworkPolicy semantics (pod and namespace
+# selectors, named and numbered ports; no ipBlock, which the chart does not use) decides which
+# flows the rendered policies admit between the release's pods and a few outsiders.
 
-    def admitted(rule):
-        allowed = rule["from"][0]["podSelector"]["matchLabels"]
-        return {w["metadata"]["labels"]["app.kubernetes.io/component"] for w in workloads
-                if allowed.items() <= pod_labels(w).items()}
+def selector_matches(selector, labels):
+    if selector is None:
+        return False
+    if not (selector.get("matchLabels", {}).items() <= labels.items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        present, value = e["key"] in labels, labels.get(e["key"])
+        if e["operator"] == "In" and value not in e["values"]:
+            return False
+        if e["operator"] == "NotIn" and value in e.get("values", []):
+            return False
+        if e["operator"] == "Exists" and not present:
+            return False
+        if e["operator"] == "DoesNotExist" and present:
+            return False
+    return True
 
-    clients, peers = policy["spec"]["ingress"]
-    assert clients["ports"] == [{"port": 6379, "protocol": "TCP"}]
-    assert admitted(clients) == {"streamer", "consumer", "redis-cluster-bootstrap"}
-    assert peers["ports"] == [{"port": 6379, "protocol": "TCP"}, {"port": 16379, "protocol": "TCP"}]
-    assert admitted(peers) == {"redis-cluster"}
+
+def peer_matches(peer, pod):
+    assert "ipBlock" not in peer, "the model does not know ipBlock"
+    if "namespaceSelector" in peer:
+        if not selector_matches(peer["namespaceSelector"], {"kubernetes.io/metadata.name": pod["namespace"]}):
+            return False
+    elif pod["namespace"] != NAMESPACE:
+        return False
+    return "podSelector" not in peer or selector_matches(peer["podSelector"], pod["labels"])
+
+
+def port_matches(rule_ports, port, protocol, dst):
+    if not rule_ports:
+        return True
+    for p in rule_ports:
+        if p.get("protocol", "TCP") != protocol:
+            continue
+        if p.get("port") is None or p["port"] == port or dst["ports"].get(p["port"]) == port:
+            return True
+    return False
+
+
+def allowed(policies, src, dst, port, protocol="TCP"):
+    def side(direction, pod, peers_key, other):
+        if pod["namespace"] != NAMESPACE:
+            return True  # outsiders are not ours to isolate
+        selecting = [p for p in policies if selector_matches(p["spec"]["podSelector"], pod["labels"])
+                     and direction in p["spec"]["policyTypes"]]
+        if not selecting:
+            return True
+        rules = [r for p in selecting for r in p["spec"].get(direction.lower(), [])]
+        return any((peers_key not in r or any(peer_matches(peer, other) for peer in r[peers_key]))
+                   and port_matches(r.get("ports"), port, protocol, dst) for r in rules)
+    return side("Egress", src, "to", dst) and side("Ingress", dst, "from", src)
+
+
+def pods_of(objects):
+    """One model pod per workload, by component (consumer groups and jobs included)."""
+    pods = {}
+    for o in objects:
+        if o["kind"] not in WORKLOADS:
+            continue
+        ports = {p["name"]: p["containerPort"] for c in containers(o) for p in c.get("ports", []) if "name" in p}
+        pods[o["metadata"]["labels"]["app.kubernetes.io/component"]] = \
+            {"labels": pod_labels(o), "namespace": NAMESPACE, "ports": ports}
+    pods["prometheus"] = {"labels": {"app": "prometheus"}, "namespace": "monitoring", "ports": {}}
+    pods["stranger"] = {"labels": {"app": "stranger"}, "namespace": "elsewhere", "ports": {}}
+    pods["neighbour"] = {"labels": {"app": "neighbour"}, "namespace": NAMESPACE, "ports": {}}
+    pods["kube-dns"] = {"labels": {"k8s-app": "kube-dns"}, "namespace": "kube-system", "ports": {"dns": 53}}
+    pods["kube-api"] = {"labels": {}, "namespace": "default", "ports": {}}
+    return pods
+
+
+@pytest.mark.parametrize("name", ["demo", "hardened", "cluster", "external"])
+def test_network_policies_admit_exactly_the_flows_the_services_need(name):
+    objects = render(VALUE_SETS[name], auth=name != "demo")
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    pods = pods_of(objects)
+    ours = [k for k, p in pods.items() if p["namespace"] == NAMESPACE and k != "neighbour"]
+    can = lambda src, dst, port, protocol="TCP": allowed(policies, pods[src], pods[dst], port, protocol)
+    # Default deny: every pod of ours is selected for both directions.
+    for k in ours:
+        for direction in ("Ingress", "Egress"):
+            assert any(selector_matches(p["spec"]["podSelector"], pods[k]["labels"])
+                       and direction in p["spec"]["policyTypes"] for p in policies), (k, direction)
+    # DNS from everyone.
+    for k in ours:
+        assert can(k, "kube-dns", 53, "UDP") and can(k, "kube-dns", 53, "TCP"), k
+    bundled_pg, bundled_redis = "postgresql" in pods, ("redis" in pods or "redis-cluster" in pods)
+    redis = "redis-cluster" if "redis-cluster" in pods else "redis"
+    clients = {"api": {"db"}, "streamer": {"db", "redis"}, "consumer": {"db", "redis"},
+               "history": {"db", "redis"}, "migrations": {"db"}, "redis-cluster-bootstrap": {"redis"}}
+    for k in ours:
+        needs = clients.get(k, set())
+        if bundled_pg:
+            assert can(k, "postgresql", 5432) == ("db" in needs), (k, "postgresql")
+        if bundled_redis and k != redis:
+            assert can(k, redis, 6379) == ("redis" in needs), (k, redis)
+        if "jaeger" in pods and k != "jaeger":
+            assert can(k, "jaeger", 4317), (k, "jaeger")
+            assert not can(k, "jaeger", 16686) or k not in clients, (k, "jaeger ui")
+    # The gRPC APIs: anyone may call them; only the simulator and the helm test call out to them.
+    grpc = {"api": 50051, "consumer": 50052, "history": 50055}
+    for server, port in grpc.items():
+        if server in pods:
+            assert can("stranger", server, port) and can("neighbour", server, port)
+            for k in ours:
+                assert can(k, server, port) == (k in {"simulator", "test"}), (k, server)
+    assert not can("stranger", "streamer", 50053)
+    # Metrics: Prometheus from another namespace, on the metrics port only.
+    for k in ("api", "streamer", "consumer", "history"):
+        if k in pods:
+            assert can("prometheus", k, 9090) and not can("prometheus", k, 5432), k
+    # The data stores admit nobody else.
+    for outsider in ("stranger", "neighbour", "prometheus"):
+        if bundled_pg:
+            assert not can(outsider, "postgresql", 5432)
+        if bundled_redis:
+            assert not can(outsider, redis, 6379)
+    # Only chaos reaches the Kubernetes API; nobody reaches the outside world otherwise.
+    for k in ours:
+        assert can(k, "kube-api", 443) == (k == "chaos"), k
+    if name == "cluster":
+        assert can("redis-cluster", "redis-cluster", 16379) and can("redis-cluster", "redis-cluster", 6379)
+        assert not can("streamer", "redis-cluster", 16379)
+    if name == "external":
+        # External Postgres/Redis/collector: egress on their ports, to anywhere by default.
+        for k in ("api", "streamer", "consumer", "history", "migrations"):
+            assert can(k, "stranger", 5432), k
+        assert can("streamer", "stranger", 6379) and not can("api", "stranger", 6379)
+        assert can("api", "stranger", 4317)
+
+
+def test_network_policies_can_be_turned_off_and_peers_narrowed():
+    assert not [o for o in render({"networkPolicy": {"enabled": False}}) if o["kind"] == "NetworkPolicy"]
+    only_monitoring = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    objects = render({"networkPolicy": {"metricsFrom": only_monitoring, "grpcFrom": [{"podSelector": {}}]}})
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    pods = pods_of(objects)
+    pods["other-prometheus"] = dict(pods["prometheus"], namespace="elsewhere")
+    assert allowed(policies, pods["prometheus"], pods["api"], 9090)
+    assert not allowed(policies, pods["other-prometheus"], pods["api"], 9090)
+    assert allowed(policies, pods["neighbour"], pods["api"], 50051)
+    assert not allowed(policies, pods["stranger"], pods["api"], 50051)
 
 
 @pytest.mark.parametrize("target", [False, True])
 def test_chaos_reaches_redis_cluster_nodes_only_when_asked(target):
-    objects = render({"redis": {"cluster": {"enabled": True}}, "chaos": {"targetRedisCluster": target}})
+    objects = render({"redis": {"cluster": {"enabled": True}}, "chaos": {"enabled": True, "targetRedisCluster": target}})
     env = {e["name"]: e.get("value") for e in pod_spec(find(objects, "CronJob", f"{RELEASE}-rocket-rides-chaos"))["containers"][0]["env"]}
     selector = dict(kv.split("=") for kv in env["TARGET_SELECTOR"].split(","))
     targets = {o["metadata"]["labels"]["app.kubernetes.io/component"] for o in objects
                if o["kind"] in {"Deployment", "StatefulSet"} and selector.items() <= pod_labels(o).items()}
-    assert targets == {"api", "consumer", "simulator", "streamer"} | ({"redis-cluster"} if target else set())
+    assert targets == {"api", "consumer", "history", "streamer"} | ({"redis-cluster"} if target else set())
 
 
 @pytest.mark.skipif(not shutil.which("getent"), reason="needs getent")
@@ -602,14 +936,17 @@ def test_redis_cluster_start_script_points_recorded_hostnames_at_current_ips(tmp
 
 def test_notes_give_the_commands_from_install_to_a_trace():
     chart = helm_python.Chart.load(str(CHART))
-    notes = chart.render({}, name=RELEASE, namespace=NAMESPACE, is_install=True)["rocket-rides/templates/NOTES.txt"]
+    notes = chart.render(with_auth({"chaos": {"enabled": True}}), name=RELEASE, namespace=NAMESPACE,
+                         is_install=True)["rocket-rides/templates/NOTES.txt"]
     chart.close()
     for needle in ("port-forward svc/demo-rocket-rides-api 50051:50051",
                    "rocketrides.v1.RideService/CreateRide",
                    "rocketrides.v1.ConsumerService/GetTotal",
                    "port-forward svc/demo-rocket-rides-consumer-totals-a 50052:50052",
                    "totals-a (2 instances", "totals-b (2 instances",
-                   "port-forward svc/demo-rocket-rides-jaeger 16686:16686"):
+                   "port-forward svc/demo-rocket-rides-jaeger 16686:16686",
+                   "rocketrides.v1.HistoryService/GetRide", "is evicted (PodDisruptionBudgets respected) with a 30 s grace period",
+                   "get events | grep Chaos"):
         assert needle in notes
 
 
@@ -637,20 +974,431 @@ def test_notes_give_the_commands_from_install_to_a_trace():
     {"redis": {"waitReplicas": "one"}},
     {"externalRedis": {"cluster": "yes"}},
     {"chaos": {"targetRedisCluster": 1}},
+    {"chaos": {"gracePeriodSeconds": 0}},
+    {"chaos": {"mode": "kill"}},
+    {"chaos": {"startingDeadlineSeconds": 0}},
+    {"postgresql": {"username": "postgres"}},
+    {"postgresql": {"image": "postgres:16"}},
+    {"redis": {"auth": {"password": "p@ss:word"}}},
+    {"image": {"digest": "latest"}},
+    {"migrations": {"hook": True}},
+    {"history": {"claimIdle": "ten seconds"}},
+    {"monitoring": {"prometheusRule": {"consumerLagSeconds": 0}}},
+    {"tracing": {"sampler": "sometimes"}},
+    {"listenHost": ""},
 ])
 def test_the_schema_rejects_bad_values(bad):
-    chart = helm_python.Chart.load(str(CHART))
-    try:
-        with pytest.raises(helm_python.HelmError):
-            chart.render(copy.deepcopy(bad), name=RELEASE, namespace=NAMESPACE, is_install=True)
-    finally:
-        chart.close()
+    message = render_error(bad)
+    assert "schema" in message, message
+
+
+def test_the_schema_accepts_helms_global_values_and_global_image_registry_applies():
+    objects = render({"global": {"imageRegistry": "mirror.example", "storageClass": "fast"}})
+    images = {c["image"] for o in objects if o["kind"] in WORKLOADS for c in containers(o)}
+    assert images and all(i.startswith("mirror.example/") for i in images), images
+    assert "mirror.example/rocket-rides-log:0.1.0" in images
+    assert "mirror.example/library/postgres:16.9" in images
 
 
 def test_external_database_without_a_secret_is_a_clear_error():
     chart = helm_python.Chart.load(str(CHART))
     try:
         with pytest.raises(helm_python.HelmError, match=re.compile("existingSecret is required")):
-            chart.render({"postgresql": {"enabled": False}}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+            chart.render(with_auth({"postgresql": {"enabled": False}}), name=RELEASE, namespace=NAMESPACE,
+                         is_install=True)
     finally:
         chart.close()
+
+
+# ---- Secrets: given, or the user's; never generated, so `helm template` is stable.
+
+def secret_data(objects):
+    return {o["metadata"]["name"]: o["data"] for o in objects if o["kind"] == "Secret"}
+
+
+def test_passwords_are_required_with_a_reason_rather_than_generated():
+    message = render_error({"redis": AUTH["redis"]}, auth=False)
+    assert "postgresql.auth.password is required" in message and "existingSecret" in message
+    assert "helm template" in message
+    message = render_error({"redis": AUTH["redis"], "postgresql": {"auth": {"password": "x"}}}, auth=False)
+    assert "postgresql.auth.postgresPassword is required" in message
+    message = render_error({"postgresql": AUTH["postgresql"]}, auth=False)
+    assert "redis.auth.password is required" in message and "helm template" in message
+    # Redis without a password is a choice one makes explicitly.
+    objects = render({"postgresql": AUTH["postgresql"], "redis": {"auth": {"enabled": False}}}, auth=False)
+    assert env_of(find(objects, "Deployment", f"{FULL}-streamer"))["REDIS_URL"]["value"] == f"redis://{FULL}-redis:6379"
+    assert "REDIS_PASSWORD" not in env_of(find(objects, "Deployment", f"{FULL}-streamer"))
+
+
+@pytest.mark.parametrize("name", ["default", "existing"])
+def test_helm_template_twice_gives_the_same_secrets(name):
+    first = render(VALUE_SETS[name], auth=name not in NO_AUTH)
+    second = render(VALUE_SETS[name], auth=name not in NO_AUTH)
+    assert secret_data(first) == secret_data(second)
+    if name == "default":
+        assert set(secret_data(first)) == {f"{FULL}-postgresql", f"{FULL}-redis"}
+        redis = secret_data(first)[f"{FULL}-redis"]
+        assert base64.b64decode(redis["redis-password"]).decode() == "redis-secret"
+
+
+def test_existing_secrets_are_used_and_nothing_is_rendered_for_them():
+    objects = render(VALUE_SETS["existing"], auth=False)
+    assert secret_data(objects) == {}
+    api = env_of(find(objects, "Deployment", f"{FULL}-api"))
+    assert api["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "my-pg", "key": "password"}
+    pg = env_of(find(objects, "StatefulSet", f"{FULL}-postgresql"))
+    assert pg["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "my-pg", "key": "postgres-password"}
+    for workload in (find(objects, "Deployment", f"{FULL}-streamer"), find(objects, "StatefulSet", f"{FULL}-redis")):
+        assert env_of(workload)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "my-redis", "key": "pw"}
+
+
+def test_redis_requires_the_password_and_its_probes_use_it():
+    objects = render({})
+    redis = find(objects, "StatefulSet", f"{FULL}-redis")
+    c = containers(redis)[0]
+    assert "--requirepass $(REDIS_PASSWORD)" in " ".join(c["command"])
+    env = [e["name"] for e in c["env"]]
+    assert env.index("REDIS_PASSWORD") < env.index("REDISCLI_AUTH")
+    assert env_of(redis)["REDISCLI_AUTH"]["value"] == "$(REDIS_PASSWORD)"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        # redis-cli exits 0 on NOAUTH too: only PONG counts.
+        assert c[probe]["exec"]["command"] == ["sh", "-c", 'test "$(redis-cli ping)" = PONG'], probe
+    # Every Redis client defines REDIS_PASSWORD before the REDIS_URL that expands it.
+    for w in [o for o in objects if o["kind"] in {"Deployment", "StatefulSet"}]:
+        names = [e["name"] for e in containers(w, init=False)[0].get("env", [])]
+        if "REDIS_URL" in names:
+            assert names.index("REDIS_PASSWORD") < names.index("REDIS_URL"), w["metadata"]["name"]
+    # A maxmemory below the limit, with noeviction: the log is never evicted silently.
+    command = " ".join(c["command"])
+    assert "--maxmemory 200mb" in command and "--maxmemory-policy noeviction" in command
+    assert c["resources"]["limits"]["memory"] == "512Mi"
+    cluster = render(VALUE_SETS["cluster"])
+    job = find(cluster, "Job", f"{CLUSTER}-bootstrap")
+    assert env_of(job)["REDISCLI_AUTH"]["value"] == "$(REDIS_PASSWORD)"
+
+
+# ---- Migrations: init containers always; a hook Job only when asked.
+
+def test_every_database_client_migrates_first_and_the_hook_is_a_switch():
+    objects = render({})
+    for w in [o for o in objects if o["kind"] in {"Deployment", "StatefulSet"}
+              and pod_labels(o).get("rocket-rides/db-client") == "true"]:
+        init = pod_spec(w)["initContainers"]
+        assert [c["name"] for c in init] == ["migrate"], w["metadata"]["name"]
+        assert init[0]["command"] == ["rocket-rides-api", "migrate"]
+    assert not [o for o in objects if o["kind"] == "Job"]
+    hooked = render({"migrations": {"hook": {"enabled": True}}})
+    job = find(hooked, "Job", f"{FULL}-migrations")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-upgrade"
+
+
+# ---- The history service.
+
+def test_history_runs_like_a_consumer_group_member():
+    objects = render({})
+    deployment = find(objects, "Deployment", f"{FULL}-history")
+    assert deployment["spec"]["replicas"] == 2
+    c = containers(deployment, init=False)[0]
+    assert c["command"] == ["rocket-rides-history"]
+    env = env_of(deployment)
+    assert env["CONSUMER_INSTANCE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["LISTEN_ADDR"]["value"] == "[::]:50055" and env["METRICS_ADDR"]["value"] == "[::]:9090"
+    assert env["CLAIM_IDLE"]["value"] == "10s" and env["MAX_DELIVERIES"]["value"] == "5"
+    assert {"DATABASE_URL", "PGPASSWORD", "REDIS_URL", "STREAM_NAME", "LOG_PARTITIONS"} <= env.keys()
+    labels = pod_labels(deployment)
+    for key in ("rocket-rides/chaos-target", "rocket-rides/db-client", "rocket-rides/redis-client"):
+        assert labels[key] == "true", key
+    pdb = find(objects, "PodDisruptionBudget", f"{FULL}-history")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    svc = find(objects, "Service", f"{FULL}-history")
+    assert [(p["name"], p["port"]) for p in svc["spec"]["ports"]] == [("grpc", 50055), ("metrics", 9090)]
+    assert not [o for o in render({"history": {"enabled": False}}) if "history" in o["metadata"]["name"]]
+
+
+# ---- Observability.
+
+def test_each_workload_with_metrics_has_exactly_one_scraped_service():
+    objects = render({})
+    scraped = [o for o in objects if o["kind"] == "Service" and o["metadata"]["labels"].get("rocket-rides/metrics") == "true"]
+    assert all("metrics" in {p["name"] for p in s["spec"]["ports"]} for s in scraped)
+    for w in [o for o in objects if o["kind"] in {"Deployment", "StatefulSet"}]:
+        has_metrics = any(p.get("name") == "metrics" for c in containers(w, init=False) for p in c.get("ports", []))
+        selecting = [s for s in scraped if s["spec"]["selector"].items() <= pod_labels(w).items()]
+        assert len(selecting) == (1 if has_metrics else 0), w["metadata"]["name"]
+        if has_metrics:
+            assert pod_labels(w)["app.kubernetes.io/component"] in {"api", "streamer", "consumer", "history"}
+    assert {s["metadata"]["name"] for s in scraped} == {f"{FULL}-api", f"{FULL}-streamer", f"{FULL}-history",
+                                                        consumer_name("totals-a"), consumer_name("totals-b")}
+    assert not [o for o in objects if o["kind"] in CRD_KINDS or o["metadata"]["name"].endswith("-dashboard")]
+
+
+def test_the_monitors_select_what_they_should():
+    objects = render(VALUE_SETS["monitoring"])
+    sm = find(objects, "ServiceMonitor", FULL)
+    services = [o for o in objects if o["kind"] == "Service"
+                and selector_matches(sm["spec"]["selector"], o["metadata"]["labels"])]
+    assert {s["metadata"]["name"] for s in services} == {f"{FULL}-api", f"{FULL}-streamer", f"{FULL}-history",
+                                                         consumer_name("totals-a"), consumer_name("totals-b")}
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    pm = find(objects, "PodMonitor", FULL)
+    pods = {o["metadata"]["labels"]["app.kubernetes.io/component"] for o in objects if o["kind"] in WORKLOADS
+            and selector_matches(pm["spec"]["selector"], pod_labels(o))}
+    assert pods == {"api", "streamer", "consumer", "history"}
+    for monitor, endpoints in ((sm, "endpoints"), (pm, "podMetricsEndpoints")):
+        (endpoint,) = monitor["spec"][endpoints]
+        assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+        assert {"action": "replace", "targetLabel": "rocket_rides_release", "replacement": RELEASE} in endpoint["relabelings"]
+    labelled = render(merged(VALUE_SETS["monitoring"], {"monitoring": {"serviceMonitor": {"labels": {"release": "kps"}}}}))
+    assert find(labelled, "ServiceMonitor", FULL)["metadata"]["labels"]["release"] == "kps"
+
+
+def test_monitoring_objects_validate_against_their_crd_schemas():
+    """Validated: the hand-written subsets of the Prometheus Operator CRDs in crd-schemas/ (every
+    field the chart uses, its type, enum, pattern and required keys; unknown fields rejected).
+    Not validated: the full CRD (fields the chart does not use), or what the operator checks at
+    run time; PromQL is checked by promtool below."""
+    objects = render(VALUE_SETS["monitoring"])
+    kinds = {o["kind"] for o in objects}
+    assert CRD_KINDS <= kinds
+    for obj in (o for o in objects if o["kind"] in CRD_KINDS):
+        schema = json.loads((HERE / "crd-schemas" / f"{obj['kind'].lower()}.json").read_text())
+        jsonschema.validate(obj, schema)
+    # The schemas do catch mistakes.
+    sm = copy.deepcopy(find(objects, "ServiceMonitor", FULL))
+    sm["spec"]["endpoints"][0]["interval"] = "30 seconds"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(sm, json.loads((HERE / "crd-schemas" / "servicemonitor.json").read_text()))
+    rule = copy.deepcopy(find(objects, "PrometheusRule", FULL))
+    rule["spec"]["groups"][0]["rules"][0]["fro"] = "5m"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(rule, json.loads((HERE / "crd-schemas" / "prometheusrule.json").read_text()))
+
+
+def promtool():
+    path = shutil.which("promtool")
+    assert path, "promtool is missing: install Debian's prometheus package (`make deps` does)"
+    return path
+
+
+def test_the_alerts_pass_promtool_check_and_their_unit_tests(tmp_path):
+    objects = render(VALUE_SETS["monitoring"])
+    rule = find(objects, "PrometheusRule", FULL)
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}, sort_keys=False))
+    shutil.copy(HERE / "alerts_test.yaml", tmp_path / "alerts_test.yaml")
+    check = subprocess.run([promtool(), "check", "rules", "rules.yaml"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    test = subprocess.run([promtool(), "test", "rules", "alerts_test.yaml"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert test.returncode == 0, test.stdout + test.stderr
+    # Every alert is tested: firing once its condition held, resolved after recovery.
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
+    cases = yaml.safe_load((HERE / "alerts_test.yaml").read_text())["tests"]
+    for alert in alerts:
+        checks = [c for t in cases for c in t["alert_rule_test"] if c["alertname"] == alert]
+        firing = [c["eval_time"] for c in checks if c["exp_alerts"]]
+        assert firing, f"{alert} is never seen firing"
+        assert any(not c["exp_alerts"] and c["eval_time"] != "0m" for c in checks), f"{alert} never resolves"
+    tested = {c["alertname"] for t in cases for c in t["alert_rule_test"]}
+    assert tested == alerts
+
+
+def test_alerts_and_dashboard_use_metrics_the_services_export():
+    sources = "\n".join(p.read_text() for p in (CHART.parents[1] / "services").glob("*/src/**/*.rs"))
+    exported = set(re.findall(r'(?:counter|gauge|histogram)!\(\s*"([a-z_]+)"', sources))
+    assert "rocket_rides_consumer_lag_seconds" in exported
+    rule = find(render(VALUE_SETS["monitoring"]), "PrometheusRule", FULL)
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    dashboard = json.loads((CHART / "dashboards" / "rocket-rides.json").read_text())
+    exprs += [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = set()
+    for expr in exprs:
+        used |= {m for m in re.findall(r"\b((?:rocket_rides|history)_[a-z_]+)", expr)} - {"rocket_rides_release"}
+    known = exported | {f"{m}_bucket" for m in exported} | {"history_dead_letters_total"}
+    assert used and used <= known, used - known
+
+
+def test_the_grafana_dashboard_ships_in_a_configmap_for_the_sidecar():
+    objects = render(VALUE_SETS["monitoring"])
+    cm = find(objects, "ConfigMap", f"{FULL}-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(cm["data"]["rocket-rides.json"])
+    titles = {p["title"] for p in dashboard["panels"]}
+    for needle in ("Rides per second", "Consumer lag (seconds)", "Batch size (p50 / p99)", "gRPC latency (p50 / p99)"):
+        assert needle in titles
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+
+
+def test_jaeger_v2_with_a_bounded_store_and_configurable_sampling():
+    objects = render({"jaeger": {"maxTraces": 1234}, "tracing": {"sampler": "parentbased_traceidratio",
+                                                                  "samplingRatio": 0.25}})
+    jaeger = find(objects, "Deployment", f"{FULL}-jaeger")
+    c = containers(jaeger)[0]
+    assert re.fullmatch(r"docker\.io/jaegertracing/jaeger:2\.\d+\.\d+", c["image"]), c["image"]
+    config = yaml.safe_load(find(objects, "ConfigMap", f"{FULL}-jaeger")["data"]["config.yaml"])
+    assert config["extensions"]["jaeger_storage"]["backends"]["memstore"]["memory"]["max_traces"] == 1234
+    assert config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"] == ":4317"
+    assert c["readinessProbe"]["httpGet"] == {"path": "/status", "port": "health"}
+    env = env_of(find(objects, "Deployment", f"{FULL}-api"))
+    assert env["OTEL_TRACES_SAMPLER"]["value"] == "parentbased_traceidratio"
+    assert env["OTEL_TRACES_SAMPLER_ARG"]["value"] == "0.25"
+
+
+# ---- Pods: images, labels, probes, shutdown, binds, tokens, spread.
+
+STATEFUL = ("postgresql", "redis", "redis-cluster", "jaeger")
+
+
+@pytest.mark.parametrize("name", ["default", "cluster"])
+def test_stateful_pod_templates_carry_no_version_labels(name):
+    objects = render(VALUE_SETS[name])
+    checked = 0
+    for w in (o for o in objects if o["kind"] in {"Deployment", "StatefulSet"}):
+        labels = pod_labels(w)
+        if labels["app.kubernetes.io/component"] in STATEFUL:
+            checked += 1
+            assert "app.kubernetes.io/version" not in labels and "helm.sh/chart" not in labels, w["metadata"]["name"]
+        assert "helm.sh/chart" not in labels, w["metadata"]["name"]
+    assert checked == 3
+
+
+def test_every_image_is_pinned():
+    objects = render(merged(VALUE_SETS["cluster"], {"simulator": {"enabled": True}}))
+    for o in (o for o in objects if o["kind"] in WORKLOADS):
+        for c in containers(o):
+            ref = c["image"]
+            tag = ref.rsplit(":", 1)[1] if ":" in ref.rsplit("/", 1)[-1] else ""
+            assert tag and tag != "latest" and re.search(r"\d+\.\d+", tag), ref
+    defaults = render({})
+    assert containers(find(defaults, "Deployment", f"{FULL}-api"))[0]["image"] == "localhost/rocket-rides-log:0.1.0"
+    assert containers(find(defaults, "Deployment", f"{FULL}-api"))[0]["imagePullPolicy"] == "IfNotPresent"
+    digest = "sha256:" + "a" * 64
+    pinned = render({"image": {"digest": digest}})
+    assert containers(find(pinned, "Deployment", f"{FULL}-api"))[0]["image"] == f"localhost/rocket-rides-log:0.1.0@{digest}"
+
+
+def test_stateful_sets_have_startup_probes_patient_exec_probes_headless_services_and_shm():
+    objects = render(VALUE_SETS["cluster"]) + render({})
+    for w in (o for o in objects if o["kind"] in {"Deployment", "StatefulSet"}):
+        for c in containers(w, init=False):
+            assert c.get("startupProbe"), (w["metadata"]["name"], c["name"])
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                if "exec" in c[probe]:
+                    assert c[probe].get("timeoutSeconds", 1) >= 5, (w["metadata"]["name"], probe)
+        if w["kind"] == "StatefulSet":
+            governing = find(objects, "Service", w["spec"]["serviceName"])
+            assert governing["spec"]["clusterIP"] == "None", w["metadata"]["name"]
+    pg = find(objects, "StatefulSet", f"{FULL}-postgresql")
+    shm = next(v for v in pod_spec(pg)["volumes"] if v["name"] == "shm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "256Mi"}
+    assert {"name": "shm", "mountPath": "/dev/shm"} in containers(pg)[0]["volumeMounts"]
+
+
+def test_grpc_servers_bind_every_family_and_wait_before_stopping():
+    objects = render(DEMO, auth=False)
+    for w in (o for o in objects if o["kind"] in {"Deployment", "StatefulSet"}):
+        c = containers(w, init=False)[0]
+        if not c.get("command", [""])[0].startswith("rocket-rides-"):
+            continue
+        env = env_of(w)
+        for var in ("LISTEN_ADDR", "METRICS_ADDR"):
+            if var in env:
+                assert env[var]["value"].startswith("[::]:"), (w["metadata"]["name"], var)
+        serves = pod_labels(w).get("rocket-rides/grpc-server") == "true"
+        # Native sleep: the image has no shell for an exec sleep.
+        assert (c.get("lifecycle") == {"preStop": {"sleep": {"seconds": 5}}}) == serves, w["metadata"]["name"]
+        if serves:
+            assert pod_spec(w)["terminationGracePeriodSeconds"] == 30
+    v4 = render({"listenHost": "0.0.0.0"})
+    assert env_of(find(v4, "Deployment", f"{FULL}-api"))["LISTEN_ADDR"]["value"] == "0.0.0.0:50051"
+
+
+def test_only_chaos_gets_a_service_account_token():
+    objects = render(DEMO, auth=False)
+    for o in (o for o in objects if o["kind"] in WORKLOADS):
+        expected = o["metadata"]["labels"]["app.kubernetes.io/component"] == "chaos"
+        assert pod_spec(o).get("automountServiceAccountToken") is expected, o["metadata"]["name"]
+
+
+def test_replicated_workloads_spread_over_nodes():
+    objects = render({})
+    for w in (o for o in objects if o["kind"] in {"Deployment", "StatefulSet"}):
+        component = pod_labels(w)["app.kubernetes.io/component"]
+        spread = pod_spec(w).get("topologySpreadConstraints")
+        if component in {"api", "streamer", "consumer", "history"}:
+            (constraint,) = spread
+            assert constraint["topologyKey"] == "kubernetes.io/hostname"
+            assert constraint["whenUnsatisfiable"] == "ScheduleAnyway"
+            assert constraint["labelSelector"]["matchLabels"].items() <= pod_labels(w).items()
+            assert constraint["labelSelector"]["matchLabels"] == w["spec"]["selector"]["matchLabels"]
+        else:
+            assert spread is None, w["metadata"]["name"]
+
+
+def test_the_api_has_a_headless_service_for_client_side_balancing():
+    objects = render(DEMO, auth=False)
+    headless = find(objects, "Service", f"{FULL}-api-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"] == find(objects, "Service", f"{FULL}-api")["spec"]["selector"]
+    # tonic resolves once per connection (no dns:/// round-robin): the simulator keeps the
+    # ClusterIP name (see the chart README).
+    assert env_of(find(objects, "Deployment", f"{FULL}-simulator"))["API_URL"]["value"] == f"http://{FULL}-api:50051"
+
+
+def test_the_chart_needs_kubernetes_1_24():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    # Helm refuses to install on an older cluster (lint does not check it, so neither can we here).
+    assert chart["kubeVersion"] == ">=1.24.0-0"
+
+
+# ---- The local Prometheus (deploy/monitoring): its config is valid and its rules are the chart's.
+
+LOCAL = CHART.parents[1] / "deploy" / "monitoring"
+LOCAL_RULES_HEADER = """\
+# Generated from helm/rocket-rides (the PrometheusRule, for namespace "local" and release "local",
+# the labels deploy/monitoring/prometheus.yml gives every local target). Do not edit: change the
+# chart, then regenerate with  RR_WRITE_LOCAL_RULES=1 make chart
+"""
+
+
+def local_rules():
+    # No chaos locally; LOG_PARTITIONS as up.sh defaults it.
+    values = merged(MONITORING, {"chaos": {"enabled": False}, "logPartitions": 4})
+    chart = helm_python.Chart.load(str(CHART))
+    try:
+        out = chart.render(with_auth(values), name="local", namespace="local", is_install=True)
+    finally:
+        chart.close()
+    docs = [d for d in yaml.safe_load_all(out["rocket-rides/templates/monitoring.yaml"]) if d]
+    rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+    return LOCAL_RULES_HEADER + yaml.safe_dump({"groups": rule["spec"]["groups"]}, sort_keys=False, width=1000)
+
+
+def test_the_local_prometheus_config_is_valid_and_its_rules_are_the_charts():
+    if os.environ.get("RR_WRITE_LOCAL_RULES"):
+        (LOCAL / "rules.yml").write_text(local_rules())
+    assert (LOCAL / "rules.yml").read_text() == local_rules(), \
+        "deploy/monitoring/rules.yml is stale: RR_WRITE_LOCAL_RULES=1 make chart"
+    check = subprocess.run([promtool(), "check", "config", str(LOCAL / "prometheus.yml")], capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    config = yaml.safe_load((LOCAL / "prometheus.yml").read_text())
+    targets = {t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    # The METRICS_ADDR ports of deploy/local/up.sh, and the history service's two.
+    up = (CHART.parents[1] / "deploy" / "local" / "up.sh").read_text()
+    for port in re.findall(r"METRICS_ADDR=127\.0\.0\.1:(\d+)", up):
+        assert f"127.0.0.1:{port}" in targets, port
+    assert {"127.0.0.1:9105", "127.0.0.1:9106"} <= targets
+
+
+def test_the_chart_readme_lists_every_value():
+    def leaves(v, path=""):
+        if isinstance(v, dict) and v and not path.endswith(("resources", "labels", "Context")):
+            for k, x in v.items():
+                yield from leaves(x, f"{path}.{k}" if path else k)
+        else:
+            yield path
+    readme = (CHART / "README.md").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    missing = [p for p in leaves(values) if f"| `{p}` |" not in readme]
+    assert not missing, missing

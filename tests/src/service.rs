@@ -7,8 +7,9 @@ use std::{
 };
 
 use rocket_rides_proto::v1::{
-    CreateRideRequest, CreateRideResponse, GetTotalRequest, GetTotalResponse,
-    consumer_service_client::ConsumerServiceClient, ride_service_client::RideServiceClient,
+    CreateRideRequest, CreateRideResponse, GetRideRequest, GetTotalRequest, GetTotalResponse, Ride,
+    consumer_service_client::ConsumerServiceClient, history_service_client::HistoryServiceClient,
+    ride_service_client::RideServiceClient,
 };
 use tonic::{IntoRequest, transport::Channel};
 use tonic_health::pb::{
@@ -39,6 +40,7 @@ pub mod kind {
     pub enum Streamer {}
     pub enum Consumer {}
     pub enum Simulator {}
+    pub enum History {}
 }
 
 impl Kind for kind::Api {
@@ -58,11 +60,20 @@ impl Kind for kind::Consumer {
 impl Kind for kind::Simulator {
     const BINARY: &'static str = "rocket-rides-simulator";
 }
+impl Kind for kind::History {
+    const BINARY: &'static str = "rocket-rides-history";
+
+    /// Its name is its member name in the consumer groups.
+    fn vars(name: &str) -> Vec<(&'static str, String)> {
+        vec![("CONSUMER_INSTANCE", name.to_string())]
+    }
+}
 
 pub type Api = Service<kind::Api>;
 pub type Streamer = Service<kind::Streamer>;
 pub type Consumer = Service<kind::Consumer>;
 pub type Simulator = Service<kind::Simulator>;
+pub type History = Service<kind::History>;
 
 /// Where the binaries are: `ROCKET_RIDES_BIN_DIR`, else the profile directory this test runs
 /// from (`target/debug/deps/<test>` -> `target/debug`).
@@ -395,4 +406,13 @@ async fn connect(url: String) -> Channel {
         async move { endpoint.connect().await }
     })
     .await
+}
+
+impl History {
+    pub async fn get_ride(&self, ride_id: i64) -> Result<Ride, tonic::Status> {
+        HistoryServiceClient::new(self.channel().await)
+            .get_ride(GetRideRequest { ride_id })
+            .await
+            .map(tonic::Response::into_inner)
+    }
 }

@@ -26,6 +26,19 @@ rocket-rides/consumer: {{ . | quote }}
 {{- end }}
 {{- end }}
 
+{{/* Labels of a pod template. Without the chart's version: a new chart release must not restart
+Postgres, Redis or Jaeger. The app pods add app.kubernetes.io/version (their image changes with
+it anyway) through rr.appPodLabels. */}}
+{{- define "rr.podLabels" -}}
+{{ include "rr.selectorLabels" . }}
+app.kubernetes.io/part-of: rocket-rides
+{{- end }}
+
+{{- define "rr.appPodLabels" -}}
+{{ include "rr.podLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+{{- end }}
+
 {{- define "rr.labels" -}}
 {{ include "rr.selectorLabels" . }}
 app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
@@ -34,28 +47,73 @@ app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+" "_" }}
 {{- end }}
 
+{{/* An image reference from {registry, repository, tag, digest}: call with (dict "ctx" $ "image"
+<values> "tag" <default tag>). global.imageRegistry replaces the registry. */}}
+{{- define "rr.imageRef" -}}
+{{- $registry := .image.registry | default "" -}}
+{{- with .ctx.Values.global }}{{ with .imageRegistry }}{{ $registry = . }}{{ end }}{{ end -}}
+{{- $ref := .image.repository -}}
+{{- with $registry }}{{ $ref = printf "%s/%s" . $ref }}{{ end -}}
+{{- $ref = printf "%s:%s" $ref (toString (.image.tag | default .tag)) -}}
+{{- with .image.digest }}{{ $ref = printf "%s@%s" $ref . }}{{ end -}}
+{{ $ref }}
+{{- end }}
+
 {{- define "rr.image" -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{ include "rr.imageRef" (dict "ctx" . "image" .Values.image "tag" .Chart.AppVersion) }}
 {{- end }}
 
 {{- define "rr.postgresHost" -}}
 {{ include "rr.fullname" . }}-postgresql
 {{- end }}
 
-{{- define "rr.databaseSecret" -}}
-{{- if .Values.postgresql.enabled }}{{ include "rr.fullname" . }}-postgresql{{ else }}{{ required "externalDatabase.existingSecret is required when postgresql.enabled is false" .Values.externalDatabase.existingSecret }}{{ end }}
+{{/* The Secret holding the bundled Postgres's passwords: the user's, or the chart's. */}}
+{{- define "rr.postgresSecret" -}}
+{{- .Values.postgresql.auth.existingSecret | default (printf "%s-postgresql" (include "rr.fullname" .)) }}
 {{- end }}
 
-{{- define "rr.databaseKey" -}}
-{{- if .Values.postgresql.enabled }}database-url{{ else }}{{ .Values.externalDatabase.urlKey }}{{ end }}
-{{- end }}
-
+{{/* DATABASE_URL (and, for the bundled Postgres, PGPASSWORD: sqlx, like libpq, takes the
+password from it when the URL has none, so any character may be in it). */}}
 {{- define "rr.databaseUrlEnv" -}}
+{{- if .Values.postgresql.enabled }}
+- name: PGPASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "rr.postgresSecret" . }}
+      key: {{ .Values.postgresql.auth.secretKeys.password }}
+- name: DATABASE_URL
+  value: {{ printf "postgres://%s@%s:5432/%s" .Values.postgresql.username (include "rr.postgresHost" .) .Values.postgresql.database | quote }}
+{{- else }}
 - name: DATABASE_URL
   valueFrom:
     secretKeyRef:
-      name: {{ include "rr.databaseSecret" . }}
-      key: {{ include "rr.databaseKey" . }}
+      name: {{ required "externalDatabase.existingSecret is required when postgresql.enabled is false" .Values.externalDatabase.existingSecret }}
+      key: {{ .Values.externalDatabase.urlKey }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding the bundled Redis's password, or empty when Redis has none. */}}
+{{- define "rr.redisSecret" -}}
+{{- if and .Values.redis.enabled .Values.redis.auth.enabled }}
+{{- .Values.redis.auth.existingSecret | default (printf "%s-redis" (include "rr.fullname" .)) }}
+{{- end }}
+{{- end }}
+
+{{/* REDIS_PASSWORD from the Secret, for $(REDIS_PASSWORD) in REDIS_URL and the servers' args. */}}
+{{- define "rr.redisPasswordEnv" -}}
+{{- with include "rr.redisSecret" . }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.redis.auth.existingSecretPasswordKey }}
+{{- end }}
+{{- end }}
+
+{{/* "redis://" or "redis://:$(REDIS_PASSWORD)@": Kubernetes expands $(REDIS_PASSWORD) from the
+variable defined just before. */}}
+{{- define "rr.redisUrlPrefix" -}}
+redis://{{ if include "rr.redisSecret" . }}:$(REDIS_PASSWORD)@{{ end }}
 {{- end }}
 
 {{/* "true" when the bundled Redis is a Redis Cluster, else empty. */}}
@@ -89,16 +147,19 @@ helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+
 
 {{/* REDIS_URL, and REDIS_CLUSTER=true when it names a cluster (every node, comma-separated). */}}
 {{- define "rr.redisUrlEnv" -}}
+{{- $prefix := include "rr.redisUrlPrefix" . -}}
 {{- if include "rr.redisCluster" . }}
 {{- $urls := list -}}
 {{- range splitList " " (include "rr.redisClusterNodes" .) }}
-{{- $urls = append $urls (printf "redis://%s" .) -}}
+{{- $urls = append $urls (printf "%s%s" $prefix .) -}}
 {{- end }}
+{{- include "rr.redisPasswordEnv" . }}
 - name: REDIS_URL
   value: {{ join "," $urls | quote }}
 {{- else if .Values.redis.enabled }}
+{{- include "rr.redisPasswordEnv" . }}
 - name: REDIS_URL
-  value: redis://{{ include "rr.fullname" . }}-redis:6379
+  value: {{ printf "%s%s-redis:6379" $prefix (include "rr.fullname" .) | quote }}
 {{- else if .Values.externalRedis.existingSecret }}
 - name: REDIS_URL
   valueFrom:
@@ -141,6 +202,11 @@ without replicas gets 0, or every batch would wait for a replica that does not e
 {{- if .Values.jaeger.enabled }}http://{{ include "rr.fullname" . }}-jaeger:4317{{ else }}{{ .Values.tracing.otlpEndpoint }}{{ end }}
 {{- end }}
 
+{{/* host:port for our servers' LISTEN_ADDR / METRICS_ADDR: call with (list $ port). */}}
+{{- define "rr.listenAddr" -}}
+{{ (index . 0).Values.listenHost }}:{{ index . 1 }}
+{{- end }}
+
 {{/* Environment every service shares: call with (dict "ctx" $ "service" "rocket-rides-api"). */}}
 {{- define "rr.commonEnv" -}}
 - name: POD_NAME
@@ -167,13 +233,13 @@ without replicas gets 0, or every batch would wait for a replica that does not e
 - name: OTEL_RESOURCE_ATTRIBUTES
   value: k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE),service.namespace={{ $.ctx.Release.Name }}
 - name: OTEL_TRACES_SAMPLER
-  value: parentbased_traceidratio
+  value: {{ $.ctx.Values.tracing.sampler | quote }}
 - name: OTEL_TRACES_SAMPLER_ARG
   value: {{ $.ctx.Values.tracing.samplingRatio | quote }}
 {{- end }}
 {{- if and .ctx.Values.metrics.enabled .metrics }}
 - name: METRICS_ADDR
-  value: "0.0.0.0:{{ .ctx.Values.metrics.port }}"
+  value: {{ include "rr.listenAddr" (list .ctx .ctx.Values.metrics.port) | quote }}
 {{- end }}
 {{- end }}
 
@@ -187,8 +253,15 @@ securityContext:
   {{- toYaml .Values.securityContext | nindent 2 }}
 {{- end }}
 
-{{/* gRPC health probes on `port`: readiness asks service "", liveness service "liveness". */}}
+{{/* gRPC health probes on `port`: readiness asks service "", liveness service "liveness"; the
+startup probe gives a slow start (a migration, Postgres coming up) 5 minutes before liveness. */}}
 {{- define "rr.grpcProbes" -}}
+startupProbe:
+  grpc:
+    port: {{ . }}
+    service: liveness
+  periodSeconds: 5
+  failureThreshold: 60
 readinessProbe:
   grpc:
     port: {{ . }}
@@ -198,12 +271,41 @@ livenessProbe:
   grpc:
     port: {{ . }}
     service: liveness
-  initialDelaySeconds: 5
   periodSeconds: 10
   failureThreshold: 3
 {{- end }}
 
-{{/* The init container that applies the schema before the app starts. */}}
+{{/* The container port "metrics", when metrics are on. */}}
+{{- define "rr.metricsContainerPort" -}}
+{{- if .Values.metrics.enabled }}
+- name: metrics
+  containerPort: {{ .Values.metrics.port }}
+{{- end }}
+{{- end }}
+
+{{/* The Service port "metrics", when metrics are on. */}}
+{{- define "rr.metricsServicePort" -}}
+{{- if .Values.metrics.enabled }}
+- name: metrics
+  port: {{ .Values.metrics.port }}
+  targetPort: metrics
+{{- end }}
+{{- end }}
+
+{{/* A gRPC server's preStop: the native sleep action (Kubernetes 1.30+; the image has no shell
+for an exec sleep). Before 1.30 none: terminationGracePeriodSeconds and the servers' own
+draining on SIGTERM remain. */}}
+{{- define "rr.preStop" -}}
+{{- if and (gt (int .Values.shutdown.preStopSleepSeconds) 0) (semverCompare ">=1.30-0" .Capabilities.KubeVersion.Version) }}
+lifecycle:
+  preStop:
+    sleep:
+      seconds: {{ .Values.shutdown.preStopSleepSeconds }}
+{{- end }}
+{{- end }}
+
+{{/* The init container that applies the schema before the app starts; it waits for Postgres
+(`migrate` retries), and the pod restarts it with backoff if Postgres takes longer. */}}
 {{- define "rr.migrateInit" -}}
 initContainers:
   - name: migrate
@@ -211,7 +313,7 @@ initContainers:
     imagePullPolicy: {{ .Values.image.pullPolicy }}
     command: ["rocket-rides-api", "migrate"]
     env:
-      {{- include "rr.databaseUrlEnv" . | nindent 6 }}
+      {{- include "rr.databaseUrlEnv" . | trim | nindent 6 }}
       - name: LOG_PARTITIONS
         value: {{ .Values.logPartitions | quote }}
       - name: RUST_LOG
@@ -239,6 +341,25 @@ tolerations:
 {{- with .Values.affinity }}
 affinity:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* What every pod of ours shares: no service account token (only chaos calls the API), the
+scheduling values, and, for replicated workloads, a spread over topologySpread.topologyKey.
+Call with (dict "ctx" $ "component" ... ["group" ...] ["spread" true]). */}}
+{{- define "rr.podCommon" -}}
+automountServiceAccountToken: false
+{{- with include "rr.scheduling" .ctx | trim }}
+{{ . }}
+{{- end }}
+{{- if and .spread .ctx.Values.topologySpread.enabled }}
+topologySpreadConstraints:
+  - maxSkew: {{ .ctx.Values.topologySpread.maxSkew }}
+    topologyKey: {{ .ctx.Values.topologySpread.topologyKey }}
+    whenUnsatisfiable: {{ .ctx.Values.topologySpread.whenUnsatisfiable }}
+    labelSelector:
+      matchLabels:
+        {{- include "rr.selectorLabels" . | nindent 8 }}
 {{- end }}
 {{- end }}
 

@@ -53,8 +53,9 @@ pub async fn run(
         names: &[SERVICE],
         descriptors: rocket_rides_proto::FILE_DESCRIPTOR_SET,
     };
-    let router =
-        grpc::router(runner.health(), services)?.add_service(RideServiceServer::new(rides));
+    let router = runner
+        .router(services)?
+        .add_service(RideServiceServer::new(rides));
     runner.serve(router, listener);
     let result = runner.run().await;
     pool.close().await;

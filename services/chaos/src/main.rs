@@ -1,9 +1,14 @@
-//! `rocket-rides-chaos`: run by a Kubernetes CronJob, it deletes one random pod among those
+//! `rocket-rides-chaos`: run by a Kubernetes CronJob, it removes one random pod among those
 //! matching TARGET_SELECTOR in its namespace that are old enough, never itself, then exits.
-//! With DRY_RUN=true it only says which pod it would have deleted.
+//! MODE=evict (default) goes through the Eviction API and so respects PodDisruptionBudgets (a
+//! blocked eviction is reported, not retried); MODE=delete deletes, as a node failure would.
+//! Either way the victim gets GRACE_PERIOD_SECONDS (default 30) to drain. With DRY_RUN=true it
+//! only says which pod it would have removed. Each run's result is a log line and, with
+//! EVENTS=true (default), a Kubernetes Event.
 
 mod choose;
 mod config;
+mod events;
 mod kill;
 
 use anyhow::Context;
@@ -14,18 +19,35 @@ async fn main() -> anyhow::Result<()> {
     let vars = Vars::from_env();
     let telemetry = telemetry::init(&telemetry::Config::from_vars(&vars, "rocket-rides-chaos")?)?;
     let settings = config::Settings::from_vars(&vars)?;
-    let client = kube::Client::try_default()
+    let config = kube::Config::infer()
         .await
-        .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+        .context("cannot find the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let client = kill::client_without_retries(config)
+        .context("cannot build a Kubernetes client from the in-cluster config or KUBECONFIG")?;
     let namespace = settings
         .namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_string());
-    let result = kill::run(client, &namespace, &settings, &mut rand::rng()).await;
+    let result = kill::run(client.clone(), &namespace, &settings, &mut rand::rng()).await;
+    match &result {
+        Ok(outcome @ kill::Outcome::EvictionBlocked { .. }) => {
+            tracing::warn!(%outcome, mode = %settings.mode, "chaos run done")
+        }
+        Ok(outcome) => tracing::info!(%outcome, mode = %settings.mode, "chaos run done"),
+        Err(e) => tracing::error!(error = %e, mode = %settings.mode, "chaos run failed"),
+    }
+    if settings.events {
+        events::record(client, &namespace, &settings, &result).await;
+    }
     telemetry.shutdown().await;
-    let outcome = result.with_context(|| {
-        format!("chaos run failed; check that its Role may list and delete pods in {namespace:?}")
+    result.with_context(|| {
+        format!(
+            "chaos run failed; check that its Role may list pods and {} them in {namespace:?}",
+            match settings.mode {
+                config::Mode::Evict => "create pods/eviction for",
+                config::Mode::Delete => "delete",
+            }
+        )
     })?;
-    tracing::info!(%outcome, "chaos run done");
     Ok(())
 }

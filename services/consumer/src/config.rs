@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 use rocket_rides_log::stream::DEFAULT_STREAM;
 use rocket_rides_platform::{
     Error,
-    config::{Common, ServiceConfig, Vars, all_interfaces},
+    config::{Common, ServiceConfig, Vars, all_interfaces, host_name},
     postgres::PostgresConfig,
     redis_conn::RedisConfig,
 };
@@ -65,12 +65,6 @@ impl Config {
             crash_rate: vars.rate("CRASH_RATE")?,
         })
     }
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown-host".into())
 }
 
 impl ServiceConfig for Config {

@@ -55,8 +55,9 @@ pub async fn run(
         names: &[SERVICE],
         descriptors: rocket_rides_proto::FILE_DESCRIPTOR_SET,
     };
-    let router =
-        grpc::router(runner.health(), services)?.add_service(ConsumerServiceServer::new(totals));
+    let router = runner
+        .router(services)?
+        .add_service(ConsumerServiceServer::new(totals));
     runner.serve(router, listener);
 
     tracing::info!(

@@ -35,6 +35,16 @@ pub async fn log(db: impl PgExecutor<'_>) -> Result<(String, Option<String>, i32
         .await
 }
 
+/// The archive's records as LogRecords, for `concat!`.
+macro_rules! records {
+    () => {
+        "SELECT h.log_id AS log, r.partition, r.epoch, r.seq, r.ride_id,
+                r.distance::text AS distance, r.traceparent, r.tracestate
+         FROM log_records r CROSS JOIN log_head h
+         WHERE r.partition = $1 AND r.seq > $2 AND r.seq <= $3 "
+    };
+}
+
 /// A partition's numbered records with `after < seq <= upto`, in order, at most `limit`.
 pub async fn range(
     db: impl PgExecutor<'_>,
@@ -43,19 +53,30 @@ pub async fn range(
     upto: i64,
     limit: i64,
 ) -> Result<Vec<LogRecord>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT h.log_id AS log, r.partition, r.epoch, r.seq, r.ride_id,
-                r.distance::text AS distance, r.traceparent, r.tracestate
-         FROM log_records r CROSS JOIN log_head h
-         WHERE r.partition = $1 AND r.seq > $2 AND r.seq <= $3
-         ORDER BY r.seq LIMIT $4",
-    )
-    .bind(partition)
-    .bind(after)
-    .bind(upto)
-    .bind(limit)
-    .fetch_all(db)
-    .await
+    sqlx::query_as(concat!(records!(), "ORDER BY r.seq LIMIT $4"))
+        .bind(partition)
+        .bind(after)
+        .bind(upto)
+        .bind(limit)
+        .fetch_all(db)
+        .await
+}
+
+/// As `range`, newest first.
+pub async fn range_back(
+    db: impl PgExecutor<'_>,
+    partition: i32,
+    after: i64,
+    upto: i64,
+    limit: i64,
+) -> Result<Vec<LogRecord>, sqlx::Error> {
+    sqlx::query_as(concat!(records!(), "ORDER BY r.seq DESC LIMIT $4"))
+        .bind(partition)
+        .bind(after)
+        .bind(upto)
+        .bind(limit)
+        .fetch_all(db)
+        .await
 }
 
 /// The oldest seq a partition's archive still holds, if any.

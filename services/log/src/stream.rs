@@ -80,7 +80,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn parse(raw: &RawEntry) -> Result<Self, BadStreamId> {
+    pub fn parse(raw: &RawEntry) -> Result<Self, BadStreamId> {
         Ok(Self {
             id: raw.id.parse()?,
             record: LogRecord::from_entry(raw),

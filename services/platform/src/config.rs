@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, fmt::Display, net::SocketAddr, str::FromStr, time::Duration};
 
-use crate::{Error, telemetry};
+use crate::{Error, grpc::ServerTls, telemetry};
 
 /// Variables to configure from. Empty values count as unset.
 #[derive(Debug, Clone, Default)]
@@ -124,6 +124,14 @@ impl Vars {
     }
 }
 
+/// This machine's host name (a pod's name on Kubernetes): the default name of an instance in a
+/// group.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into())
+}
+
 /// `0.0.0.0:<port>`: the default listen address of a service.
 pub const fn all_interfaces(port: u16) -> SocketAddr {
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port)
@@ -136,6 +144,8 @@ pub struct Common {
     pub listen_addr: SocketAddr,
     /// `METRICS_ADDR`: Prometheus `/metrics`; off when unset.
     pub metrics_addr: Option<SocketAddr>,
+    /// `TLS_CERT_FILE` and `TLS_KEY_FILE`: serve gRPC over TLS.
+    pub tls: Option<ServerTls>,
     pub telemetry: telemetry::Config,
 }
 
@@ -148,6 +158,7 @@ impl Common {
         Ok(Self {
             listen_addr: vars.parse_or("LISTEN_ADDR", default_listen_addr)?,
             metrics_addr: vars.parse("METRICS_ADDR")?,
+            tls: ServerTls::from_vars(vars)?,
             telemetry: telemetry::Config::from_vars(vars, service)?,
         })
     }

@@ -26,6 +26,12 @@ const SESSION_TIMEOUTS: [(&str, &str); 5] = [
 ];
 
 /// `DATABASE_URL` and `DATABASE_POOL_SIZE`. The URL is a secret: it prints as `[REDACTED]`.
+///
+/// TLS (rustls) follows libpq's parameters, in the URL or as `PG*` variables: `sslmode`
+/// (`prefer` by default; `require` encrypts, `verify-ca`/`verify-full` also check the server)
+/// and `sslrootcert` (or `PGSSLROOTCERT`), a PEM file with the CA of a managed or private
+/// Postgres. Without `sslrootcert` the server is verified against the system's CA bundle
+/// (`SSL_CERT_FILE` names another).
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {
     pub url: SecretString,
@@ -179,5 +185,25 @@ mod tests {
             err.contains("DATABASE_URL") && !err.contains("s3cret"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn tls_modes_and_a_root_certificate_are_accepted() {
+        use sqlx::postgres::PgSslMode;
+        for (query, mode) in [
+            ("sslmode=require", PgSslMode::Require),
+            (
+                "sslmode=verify-full&sslrootcert=/etc/rocket-rides/ca.pem",
+                PgSslMode::VerifyFull,
+            ),
+            ("sslmode=verify-ca&sslrootcert=/ca.pem", PgSslMode::VerifyCa),
+            ("sslmode=disable", PgSslMode::Disable),
+        ] {
+            let url = format!("postgres://rides:s3cret@db.example.com:5432/rr?{query}");
+            let vars = Vars::from_pairs(&[("DATABASE_URL", &url)]);
+            let config = PostgresConfig::from_vars(&vars, 1).unwrap();
+            let got = config.options().unwrap().get_ssl_mode();
+            assert_eq!(format!("{got:?}"), format!("{mode:?}"), "{query}");
+        }
     }
 }

@@ -2,10 +2,10 @@
 //! by itself, or a Redis Cluster through a client that routes each command to the master of its
 //! key's slot and follows the cluster when slots move or a replica is promoted.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use redis::{
-    Cmd, Pipeline, RedisFuture, Value,
+    Cmd, Pipeline, RedisFuture, TlsCertificates, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::{ClusterClient, ClusterConfig},
     cluster_async::ClusterConnection,
@@ -18,10 +18,16 @@ use crate::{Error, config::Vars};
 /// `REDIS_URL`, and whether it names a cluster: a comma-separated list of nodes
 /// (`redis://a:6379,redis://b:6379`), or one node with `REDIS_CLUSTER=true`. A secret (it may
 /// carry a password): it prints as `[REDACTED]`.
+///
+/// TLS: `rediss://` URLs connect with TLS (rustls), verifying the server against the system's
+/// CA bundle (`SSL_CERT_FILE` names another), or against `REDIS_CA_FILE` alone when it is set:
+/// a PEM file with the CA of a managed or private Redis.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     pub url: SecretString,
     pub cluster: bool,
+    /// `REDIS_CA_FILE`.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl RedisConfig {
@@ -35,6 +41,7 @@ impl RedisConfig {
         let config = Self {
             url: url.into(),
             cluster,
+            ca_file: vars.get("REDIS_CA_FILE").map(PathBuf::from),
         };
         config.check()?;
         Ok(config)
@@ -53,14 +60,46 @@ impl RedisConfig {
         Ok(())
     }
 
+    /// The CA of `REDIS_CA_FILE`, read and checked, when it is set.
+    fn certificates(&self) -> Result<Option<TlsCertificates>, Error> {
+        let Some(path) = &self.ca_file else {
+            return Ok(None);
+        };
+        let invalid = |reason: String| Error::invalid("REDIS_CA_FILE", path.display(), reason);
+        if self
+            .nodes()
+            .iter()
+            .any(|node| !node.starts_with("rediss://"))
+        {
+            return Err(invalid(
+                "a CA is only used over TLS: make REDIS_URL a rediss:// URL".into(),
+            ));
+        }
+        let pem = std::fs::read(path).map_err(|e| invalid(format!("cannot read it: {e}")))?;
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(invalid("expected PEM certificates".into()));
+        }
+        Ok(Some(TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        }))
+    }
+
     fn client(&self) -> Result<redis::Client, Error> {
-        redis::Client::open(self.url.expose_secret())
-            .map_err(|e| Error::invalid("REDIS_URL", "(redacted)", e))
+        let url = self.url.expose_secret();
+        match self.certificates()? {
+            Some(certificates) => redis::Client::build_with_tls(url, certificates),
+            None => redis::Client::open(url),
+        }
+        .map_err(|e| Error::invalid("REDIS_URL", "(redacted)", e))
     }
 
     fn cluster_client(&self) -> Result<ClusterClient, Error> {
-        ClusterClient::builder(self.nodes())
-            .retries(3)
+        let mut builder = ClusterClient::builder(self.nodes()).retries(3);
+        if let Some(certificates) = self.certificates()? {
+            builder = builder.certs(certificates);
+        }
+        builder
             .build()
             .map_err(|e| Error::invalid("REDIS_URL", "(redacted)", e))
     }
@@ -176,5 +215,53 @@ mod tests {
         assert!(flagged.cluster);
         let err = config(&[("REDIS_URL", "redis://a:7000,nope")]).unwrap_err();
         assert!(err.to_string().contains("REDIS_URL"), "{err}");
+    }
+
+    /// A self-signed CA, only parsed here.
+    const CA: &str = "-----BEGIN CERTIFICATE-----
+MIIBlDCCATugAwIBAgIUa879Izukr8jjd/wFdkgDuiS1JGQwCgYIKoZIzj0EAwIw
+HzEdMBsGA1UEAwwUcm9ja2V0LXJpZGVzLXRlc3QtY2EwIBcNMjYxMTIzMTUzMjI3
+WhgPMjEyNjEwMzAxNTMyMjdaMB8xHTAbBgNVBAMMFHJvY2tldC1yaWRlcy10ZXN0
+LWNhMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEcbAmLGPsDQf3gf9FTfbSJLR1
+U20Rj8ShCX0c1+CTmKywfB94q4AjKGx11SqQEdmTQzhF+WbnWeiS2c+G4U4HaqNT
+MFEwHQYDVR0OBBYEFJtbS2BwrFVMYEAC5uS0wxfg2q6EMB8GA1UdIwQYMBaAFJtb
+S2BwrFVMYEAC5uS0wxfg2q6EMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwID
+RwAwRAIgfaUzgdTDGhkQBSKlFW9eZjsn8Y2HD06Yv14ufFhUqbACIEHafpgKPYGN
+itspJb2AdSpzjrXyySfZE6Zwtbhu9svv
+-----END CERTIFICATE-----
+";
+
+    #[test]
+    fn rediss_urls_and_a_ca_file_are_accepted() {
+        let config = |pairs: &[(&str, &str)]| RedisConfig::from_vars(&Vars::from_pairs(pairs));
+        let tls = config(&[("REDIS_URL", "rediss://:s3cret@redis.example.com:6380/0")]).unwrap();
+        assert!(!tls.cluster && tls.ca_file.is_none());
+        let nodes = "rediss://a:7000,rediss://b:7001";
+        assert!(config(&[("REDIS_URL", nodes)]).unwrap().cluster);
+
+        let dir = std::env::temp_dir().join(format!("redis-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, CA).unwrap();
+        let ca = ca.to_str().unwrap();
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let with_ca = config(&[("REDIS_URL", "rediss://r:6380"), ("REDIS_CA_FILE", ca)]).unwrap();
+        assert_eq!(with_ca.ca_file.as_deref(), Some(std::path::Path::new(ca)));
+        config(&[("REDIS_URL", nodes), ("REDIS_CA_FILE", ca)]).unwrap();
+
+        for (url, file, expected) in [
+            ("redis://r:6379", ca, "rediss://"),
+            ("rediss://r:6380", "/nonexistent/ca.pem", "cannot read"),
+            ("rediss://r:6380", not_pem.to_str().unwrap(), "expected PEM"),
+        ] {
+            let err = config(&[("REDIS_URL", url), ("REDIS_CA_FILE", file)]).unwrap_err();
+            let err = err.to_string();
+            assert!(
+                err.contains("REDIS_CA_FILE") && err.contains(expected),
+                "{err}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     BoxError, Error,
     config::{ServiceConfig, Vars},
-    grpc::{self, GrpcRouter},
+    grpc::{self, GrpcRouter, ServerTls},
     health::{self, Dependency, Health},
     prometheus, shutdown, telemetry,
 };
@@ -71,6 +71,7 @@ pub struct Runner {
     health: Health,
     tasks: JoinSet<Result<(), BoxError>>,
     names: HashMap<tokio::task::Id, &'static str>,
+    tls: Option<ServerTls>,
 }
 
 impl Runner {
@@ -87,6 +88,7 @@ impl Runner {
             health: Health::new(service).await,
             tasks: JoinSet::new(),
             names: HashMap::new(),
+            tls: config.common().tls.clone(),
         };
         if let Some(addr) = config.common().metrics_addr {
             let exporter = prometheus::install(addr)?;
@@ -107,6 +109,12 @@ impl Runner {
 
     pub fn health(&self) -> &Health {
         &self.health
+    }
+
+    /// The gRPC router (health, reflection, and TLS if configured) for the caller to add its
+    /// application services to.
+    pub fn router(&self, services: grpc::Services<'_>) -> Result<GrpcRouter, Error> {
+        grpc::router(&self.health, services, self.tls.clone())
     }
 
     /// Runs `task` under supervision. It must return when the cancellation token fires.

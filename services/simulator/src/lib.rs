@@ -33,10 +33,7 @@ pub async fn run(
         .map(|url| channel(url))
         .collect::<Result<Vec<_>, _>>()?;
     runner.monitor(vec![], None);
-    runner.serve(
-        grpc::router(runner.health(), grpc::Services::default())?,
-        listener,
-    );
+    runner.serve(runner.router(grpc::Services::default())?, listener);
 
     tracing::info!(api_url = %config.api_url, rides_per_second = config.rides_per_second, "simulator starting");
     let created = rides::Counter::default();

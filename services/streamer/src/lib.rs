@@ -48,10 +48,7 @@ pub async fn run(
         ],
         Some(held),
     );
-    runner.serve(
-        grpc::router(runner.health(), grpc::Services::default())?,
-        listener,
-    );
+    runner.serve(runner.router(grpc::Services::default())?, listener);
     if config.common.metrics_addr.is_some() {
         let gauges = gauges::run(
             pool.clone(),

@@ -1,0 +1,135 @@
+//! `rocket-rides-history`: a worker group that projects every ride of the log into a read
+//! model (`ride_history`) through Redis consumer groups, one group `history` per partition
+//! stream, and serves it as `rocketrides.v1.HistoryService`. Run any number of replicas: Redis
+//! shares the entries out among them, and the others claim what a dead one left pending.
+
+pub mod config;
+mod group;
+mod metrics;
+mod project;
+mod service;
+mod worker;
+
+use std::time::Duration;
+
+use rocket_rides_log::{archive, partition};
+use rocket_rides_platform::{
+    Error, grpc,
+    health::{Dependency, Soundness},
+    retry::Backoff,
+    runner::Runner,
+    shutdown::CancellationToken,
+};
+use rocket_rides_proto::v1::history_service_server::HistoryServiceServer;
+use sqlx::PgPool;
+use tokio::{net::TcpListener, task::JoinSet};
+
+pub use crate::config::Config;
+use crate::{metrics::Metrics, worker::Worker};
+
+/// The binary's name, as logs and traces show it.
+pub const NAME: &str = "rocket-rides-history";
+const SERVICE: &str = "rocketrides.v1.HistoryService";
+
+/// Projects the log and serves the history on `listener` until `cancel`.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    cancel: CancellationToken,
+) -> Result<(), Error> {
+    let mut runner = Runner::start(SERVICE, &config, cancel).await?;
+    let pool = config.postgres.pool()?;
+    let redis = config.redis.connect(Duration::from_secs(5))?;
+    let (sound, held) = Soundness::new();
+    runner.monitor(
+        vec![
+            Dependency::Postgres(pool.clone()),
+            Dependency::Redis(redis.clone()),
+        ],
+        Some(held),
+    );
+    let services = grpc::Services {
+        names: &[SERVICE],
+        descriptors: rocket_rides_proto::FILE_DESCRIPTOR_SET,
+    };
+    let history = service::History { pool: pool.clone() };
+    let router = runner
+        .router(services)?
+        .add_service(HistoryServiceServer::new(history));
+    runner.serve(router, listener);
+    tracing::info!(
+        member = %config.instance,
+        stream = %config.stream,
+        claim_idle = ?config.claim_idle,
+        max_deliveries = config.max_deliveries,
+        "history starting"
+    );
+    runner.spawn_worker(
+        "history",
+        project_all(config, pool.clone(), sound, runner.cancel()),
+    );
+    let result = runner.run().await;
+    pool.close().await;
+    result
+}
+
+/// Learns the log's partitions and identity, then runs a worker per partition until `cancel`.
+async fn project_all(config: Config, pool: PgPool, sound: Soundness, cancel: CancellationToken) {
+    let Some(partitions) = partition::count(&pool, &cancel).await else {
+        return;
+    };
+    if let Some(wanted) = config.partitions
+        && wanted != partitions
+    {
+        tracing::error!(
+            log_partitions = partitions,
+            configured = wanted,
+            "LOG_PARTITIONS does not match the log's partition count (fixed when the log was \
+             created); not projecting. Unset LOG_PARTITIONS or set it to {partitions}"
+        );
+        sound.set(-1, false);
+        cancel.cancelled().await;
+        return;
+    }
+    let mut backoff = Backoff::default();
+    let log_id = loop {
+        match archive::log(&pool).await {
+            Ok((log_id, ..)) => break log_id,
+            Err(e) => tracing::warn!(error = %e, "cannot read the log's identity yet; retrying"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    };
+    let metrics = Metrics::register();
+    let mut tasks = JoinSet::new();
+    for p in 0..partitions {
+        // The blocking read gets a connection of its own, with a response timeout longer
+        // than its block.
+        let connections = config
+            .redis
+            .connect(worker::BLOCK + Duration::from_secs(5))
+            .and_then(|reader| Ok((reader, config.redis.connect(Duration::from_secs(5))?)));
+        let (reader, redis) = match connections {
+            Ok(connections) => connections,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot connect to Redis");
+                return;
+            }
+        };
+        let worker = Worker {
+            config: config.clone(),
+            partition: p,
+            stream: partition::stream_key(&config.stream, p),
+            log_id: log_id.clone(),
+            pool: pool.clone(),
+            reader,
+            redis,
+            metrics: metrics.clone(),
+        };
+        tasks.spawn(worker.run(cancel.clone()));
+    }
+    tracing::info!(partitions, member = %config.instance, "projecting every partition as a member of its consumer group");
+    while tasks.join_next().await.is_some() {}
+}
