@@ -33,6 +33,24 @@ DEMO = yaml.safe_load((CHART / "values-demo.yaml").read_text())
 MONITORING = {"monitoring": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
                              "prometheusRule": {"enabled": True}, "grafanaDashboard": {"enabled": True}}}
 
+# TLS everywhere the chart can wire it: an external Postgres (verify-full) and Redis Cluster
+# (rediss://) over TLS, an https:// collector, a CA bundle from a Secret, the gRPC servers on TLS
+# with a cert-manager Certificate; the helm test and chaos as well, the simulator cannot be (its
+# client has no TLS).
+TLS = {
+    "postgresql": {"enabled": False},
+    "externalDatabase": {"existingSecret": "rides-db", "sslmode": "verify-full"},
+    "redis": {"enabled": False},
+    "externalRedis": {"url": "redis://r-0.example:6380,redis://r-1.example:6380", "cluster": True, "tls": True,
+                      "networkPolicy": {"ports": [6380]}},
+    "jaeger": {"enabled": False},
+    "tracing": {"otlpEndpoint": "https://collector.observability:4317"},
+    "migrations": {"hook": {"enabled": True}},
+    "chaos": {"enabled": True},
+    "tls": {"caBundle": {"secret": "corp-ca", "key": "bundle.pem"},
+            "server": {"enabled": True, "certManager": {"enabled": True, "issuerRef": {"name": "internal-ca"}}}},
+}
+
 VALUE_SETS = {
     "default": {},
     "demo": DEMO,
@@ -59,6 +77,7 @@ VALUE_SETS = {
         "chaos": {"enabled": True, "targetRedisCluster": True},
     },
     "monitoring": MONITORING | {"chaos": {"enabled": True}},
+    "tls": TLS,
     "existing": {"postgresql": {"auth": {"existingSecret": "my-pg"}},
                  "redis": {"auth": {"existingSecret": "my-redis", "existingSecretPasswordKey": "pw"}},
                  "history": {"enabled": False}},
@@ -68,6 +87,7 @@ NO_AUTH = {"existing"}
 
 WORKLOADS = {"Deployment", "StatefulSet", "Job", "CronJob", "Pod"}
 CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+CERT_KINDS = {"Certificate"}
 DEFAULT_GROUPS = [{"name": "totals-a", "replicas": 2}, {"name": "totals-b", "replicas": 2}]
 
 
@@ -91,13 +111,26 @@ def render_files(values, release=RELEASE, auth=True):
         chart.close()
 
 
-def render(values, release=RELEASE, auth=True):
+def render_fresh(values, release=RELEASE, auth=True):
+    """The chart's objects for `values`, rendered now."""
     objects = []
     for path, text in render_files(values, release, auth).items():
         if not path.endswith(".yaml"):
             continue
         objects += [o for o in yaml.safe_load_all(text) if o]
     return objects
+
+
+_RENDERED = {}
+
+
+def render(values, release=RELEASE, auth=True):
+    """As render_fresh, but each set of values is rendered once per run (a render costs most of
+    a second); every caller gets its own copy to change."""
+    key = (json.dumps(values, sort_keys=True), release, auth)
+    if key not in _RENDERED:
+        _RENDERED[key] = render_fresh(values, release, auth)
+    return copy.deepcopy(_RENDERED[key])
 
 
 def render_error(values, auth=True):
@@ -151,8 +184,8 @@ def test_every_object_validates_against_the_kubernetes_schemas(rendered):
     _, objects = rendered
     assert objects
     for obj in objects:
-        if obj["kind"] in CRD_KINDS:
-            continue  # test_monitoring_objects_validate_against_their_crd_schemas
+        if obj["kind"] in CRD_KINDS | CERT_KINDS:
+            continue  # test_monitoring_objects_validate_against_their_crd_schemas, test_the_certificate_...
         kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
 
 
@@ -213,11 +246,14 @@ def test_long_running_containers_have_probes_resources_and_a_locked_down_context
 
 
 def test_rust_services_probe_grpc_health_with_a_separate_liveness_service(rendered):
-    _, objects = rendered
+    name, objects = rendered
+    server_tls = VALUE_SETS[name].get("tls", {}).get("server", {}).get("enabled", False)
     for obj in (o for o in objects if o["kind"] in {"Deployment", "StatefulSet"}):
         for c in containers(obj, init=False):
             if not c.get("command", [""])[0].startswith("rocket-rides-"):
                 continue
+            if server_tls and pod_labels(obj).get("rocket-rides/grpc-server") == "true":
+                continue  # tcpSocket: test_server_tls_mounts_the_certificate_and_probes_the_port
             assert "grpc" in c["readinessProbe"] and "service" not in c["readinessProbe"]["grpc"]
             assert c["livenessProbe"]["grpc"]["service"] == "liveness"
 
@@ -231,6 +267,12 @@ def test_secret_and_config_references_resolve(rendered):
                                                  values.get("externalRedis", {}),
                                                  values.get("postgresql", {}).get("auth", {}),
                                                  values.get("redis", {}).get("auth", {})) if v.get("existingSecret")}
+    # The CA bundle is the user's; the servers' certificate the user's or cert-manager's.
+    ca = values.get("tls", {}).get("caBundle", {})
+    secrets |= {ca.get("secret")} - {None, ""}
+    configmaps |= {ca.get("configMap")} - {None, ""}
+    secrets |= {values.get("tls", {}).get("server", {}).get("secretName")} - {None, ""}
+    secrets |= {o["spec"]["secretName"] for o in objects if o["kind"] == "Certificate"}
     for obj in (o for o in objects if o["kind"] in WORKLOADS):
         for c in containers(obj):
             for env in c.get("env", []):
@@ -387,6 +429,12 @@ address, method = args[-2:]
 body = args[args.index("-d") + 1] if "-d" in args else ""
 with open(state / "calls", "a") as calls:
     calls.write(f"{{address}} {{method}} {{body}}\\n")
+# How it was asked to connect: the options but -d and its body.
+flags = args[:-2]
+if "-d" in flags:
+    del flags[flags.index("-d"):flags.index("-d") + 2]
+with open(state / "flags", "a") as f:
+    f.write(" ".join(flags) + "\\n")
 def bump(name):
     f = state / name
     n = int(f.read_text()) + 1 if f.exists() else 1
@@ -435,6 +483,9 @@ def run_helm_test(tmp_path, values, **env):
     out = subprocess.run(["sh", "-ec", script], capture_output=True, text=True, timeout=60,
                          env={"PATH": f"{bin_dir}:/usr/bin:/bin", "STATE": str(state), **env})
     calls = (state / "calls").read_text().splitlines() if (state / "calls").exists() else []
+    flags = (state / "flags").read_text().splitlines() if (state / "flags").exists() else []
+    assert len(flags) == len(calls)
+    run_helm_test.flags = flags
     return out, calls
 
 
@@ -451,6 +502,8 @@ def test_the_helm_test_waits_for_its_own_ride_in_every_logical_consumer(tmp_path
     assert len({b["idempotency_key"] for b in bodies}) == 1 and bodies[0]["idempotency_key"].startswith("helm-test-")
     assert bodies[0]["rider_id"] == bodies[0]["idempotency_key"]
     assert any(c.startswith(f"{FULL}-history:50055 rocketrides.v1.HistoryService/GetRide") for c in calls)
+    # Plaintext without server TLS (test_the_helm_test_speaks_tls_... for the other case).
+    assert all("-plaintext" in f.split() and "-cacert" not in f for f in run_helm_test.flags)
 
 
 def test_the_helm_test_is_not_fooled_by_other_rides(tmp_path):
@@ -986,6 +1039,17 @@ def test_notes_give_the_commands_from_install_to_a_trace():
     {"monitoring": {"prometheusRule": {"consumerLagSeconds": 0}}},
     {"tracing": {"sampler": "sometimes"}},
     {"listenHost": ""},
+    {"tls": {"unknown": True}},
+    {"tls": {"caBundle": {"configMap": "ca", "secret": "ca"}}},
+    {"tls": {"caBundle": {"configMap": "Corp_CA"}}},
+    {"tls": {"caBundle": {"configMap": "ca", "key": ""}}},
+    {"tls": {"server": {"enabled": "true"}}},
+    {"tls": {"server": {"secretName": "my secret"}}},
+    {"tls": {"server": {"certManager": {"duration": "90 days"}}}},
+    {"tls": {"server": {"certManager": {"issuerRef": {"kind": "clusterissuer"}}}}},
+    {"tls": {"server": {"certManager": {"extraDnsNames": ["rides example"]}}}},
+    {"externalDatabase": {"sslmode": "verify"}},
+    {"externalRedis": {"tls": "yes"}},
 ])
 def test_the_schema_rejects_bad_values(bad):
     message = render_error(bad)
@@ -1032,8 +1096,8 @@ def test_passwords_are_required_with_a_reason_rather_than_generated():
 
 @pytest.mark.parametrize("name", ["default", "existing"])
 def test_helm_template_twice_gives_the_same_secrets(name):
-    first = render(VALUE_SETS[name], auth=name not in NO_AUTH)
-    second = render(VALUE_SETS[name], auth=name not in NO_AUTH)
+    first = render_fresh(VALUE_SETS[name], auth=name not in NO_AUTH)
+    second = render_fresh(VALUE_SETS[name], auth=name not in NO_AUTH)
     assert secret_data(first) == secret_data(second)
     if name == "default":
         assert set(secret_data(first)) == {f"{FULL}-postgresql", f"{FULL}-redis"}
@@ -1244,6 +1308,260 @@ def test_jaeger_v2_with_a_bounded_store_and_configurable_sampling():
     assert env["OTEL_TRACES_SAMPLER_ARG"]["value"] == "0.25"
 
 
+# ---- TLS: the CA bundle where a TLS client runs, the servers' certificate where a server does.
+
+CA_FILE = "/etc/rocket-rides/ca/ca.crt"
+CA_MOUNT = {"name": "ca-bundle", "mountPath": "/etc/rocket-rides/ca", "readOnly": True}
+TLS_MOUNT = {"name": "grpc-tls", "mountPath": "/etc/rocket-rides/tls", "readOnly": True}
+TLS_VARS = {"SSL_CERT_FILE", "PGSSLMODE", "PGSSLROOTCERT", "REDIS_CA_FILE", "TLS_CERT_FILE", "TLS_KEY_FILE"}
+GRPC_SERVERS = {"api": 50051, "consumer": 50052, "history": 50055}
+
+
+def tls_view(objects):
+    """Every container of every workload: (workload, container) -> (TLS variables, TLS mounts),
+    and the pod's TLS volumes by workload."""
+    view, volumes = {}, {}
+    for o in (o for o in objects if o["kind"] in WORKLOADS):
+        name = o["metadata"]["name"]
+        volumes[name] = {v["name"]: v for v in pod_spec(o).get("volumes", []) if v["name"] in {"ca-bundle", "grpc-tls"}}
+        for c in containers(o):
+            env = {e["name"]: e.get("value") for e in c.get("env", []) if e["name"] in TLS_VARS}
+            mounts = [m for m in c.get("volumeMounts", []) if m["name"] in {"ca-bundle", "grpc-tls"}]
+            view[(name, c["name"])] = (env, mounts)
+    return view, volumes
+
+
+def workload_containers(objects):
+    """(workload, container) -> (component, the container's variable names)."""
+    return {(o["metadata"]["name"], c["name"]): (o["metadata"]["labels"]["app.kubernetes.io/component"],
+                                                 {e["name"] for e in c.get("env", [])})
+            for o in objects if o["kind"] in WORKLOADS for c in containers(o)}
+
+
+def test_defaults_render_no_tls_objects_mounts_or_variables():
+    for values in ({}, DEMO, VALUE_SETS["external"]):
+        objects = render(values, auth=values is not DEMO)
+        assert not [o for o in objects if o["kind"] in CERT_KINDS]
+        view, volumes = tls_view(objects)
+        assert all(env == {} and mounts == [] for env, mounts in view.values()), view
+        assert all(v == {} for v in volumes.values())
+        script = helm_test_script(objects)
+        assert re.search(r"^tls=-plaintext$", script, re.M) and "-cacert" not in script
+
+
+def test_the_ca_bundle_reaches_every_tls_client_and_nothing_else():
+    objects = render(TLS)
+    view, volumes = tls_view(objects)
+    # Who talks TLS to whom: every app container (init containers included) trusts the bundle;
+    # the database's CA only where DATABASE_URL is, Redis's only where REDIS_URL is; the helm
+    # test needs it to verify the servers; chaos talks only to the Kubernetes API.
+    info = workload_containers(objects)
+    for (workload, container), (env, mounts) in view.items():
+        where = (workload, container)
+        component, names = info[where]
+        if component == "chaos":
+            assert env == {} and mounts == [] and volumes[workload] == {}, where
+            continue
+        if component == "test":
+            assert env == {} and mounts == [CA_MOUNT], where
+        else:
+            assert env["SSL_CERT_FILE"] == CA_FILE, where
+            assert CA_MOUNT in mounts, where
+        assert volumes[workload]["ca-bundle"] == {"name": "ca-bundle", "secret": {
+            "secretName": "corp-ca", "items": [{"key": "bundle.pem", "path": "ca.crt"}]}}, where
+        db, redis = "DATABASE_URL" in names, "REDIS_URL" in names
+        assert (env.get("PGSSLMODE"), env.get("PGSSLROOTCERT")) == \
+            (("verify-full", CA_FILE) if db else (None, None)), where
+        assert env.get("REDIS_CA_FILE") == (CA_FILE if redis else None), where
+        assert all(m["readOnly"] for m in mounts), where
+    checked = {component for component, _ in info.values()}
+    assert {"api", "streamer", "consumer", "history", "migrations", "test", "chaos"} <= checked
+    # Every migrate init container as well as the hook Job.
+    inits = [k for k in view if k[1] == "migrate"]
+    assert len(inits) == 1 + 1 + 1 + len(DEFAULT_GROUPS) + 1  # api, streamer, history, groups, hook
+    # The simulator (without server TLS) trusts it for its collector.
+    sim = render(merged(TLS, {"tls": {"server": {"enabled": False, "certManager": {"enabled": False}}},
+                              "simulator": {"enabled": True}}))
+    env, mounts = tls_view(sim)[0][(f"{FULL}-simulator", "simulator")]
+    assert env == {"SSL_CERT_FILE": CA_FILE} and mounts == [CA_MOUNT]
+
+
+@pytest.mark.parametrize("values,expected", [
+    # A CA bundle alone: SSL_CERT_FILE; the bundled Postgres and Redis serve no TLS.
+    ({"tls": {"caBundle": {"configMap": "corp-ca"}}}, {"SSL_CERT_FILE": CA_FILE}),
+    # sslmode without a bundle: the image's CAs (or the URL's sslrootcert).
+    ({"postgresql": {"enabled": False}, "externalDatabase": {"existingSecret": "db", "sslmode": "require"}},
+     {"PGSSLMODE": "require"}),
+    ({"postgresql": {"enabled": False}, "externalDatabase": {"existingSecret": "db", "sslmode": "disable"},
+      "tls": {"caBundle": {"configMap": "corp-ca"}}}, {"PGSSLMODE": "disable", "SSL_CERT_FILE": CA_FILE}),
+    ({"postgresql": {"enabled": False}, "externalDatabase": {"existingSecret": "db", "sslmode": "verify-ca"},
+      "tls": {"caBundle": {"configMap": "corp-ca"}}},
+     {"PGSSLMODE": "verify-ca", "PGSSLROOTCERT": CA_FILE, "SSL_CERT_FILE": CA_FILE}),
+])
+def test_database_tls_variables_follow_sslmode_and_the_bundle(values, expected):
+    objects = render(values)
+    env, mounts = tls_view(objects)[0][(f"{FULL}-api", "api")]
+    assert env == expected
+    assert (CA_MOUNT in mounts) == ("SSL_CERT_FILE" in expected)
+    migrate, _ = tls_view(objects)[0][(f"{FULL}-api", "migrate")]
+    assert migrate == expected
+
+
+@pytest.mark.parametrize("redis,url", [
+    ({"url": "redis://r.example:6380", "tls": True}, "rediss://r.example:6380"),
+    ({"url": "redis://:pw@a:6379, redis://:pw@b:6379", "cluster": True, "tls": True},
+     "rediss://:pw@a:6379,rediss://:pw@b:6379"),
+    ({"url": "rediss://r.example:6380/0", "tls": True}, "rediss://r.example:6380/0"),
+    ({"url": "redis://r.example:6379"}, "redis://r.example:6379"),
+])
+def test_external_redis_tls_makes_every_node_rediss(redis, url):
+    objects = render({"redis": {"enabled": False}, "externalRedis": redis, "tls": {"caBundle": {"configMap": "ca"}}})
+    for name, env in redis_env(objects).items():
+        assert env["REDIS_URL"] == url, name
+        assert env.get("REDIS_CA_FILE") == (CA_FILE if redis.get("tls") else None), name
+    # From a Secret, the URL is the user's (it must be rediss:// already); the CA is still given.
+    secret = render({"redis": {"enabled": False}, "externalRedis": {"existingSecret": "r", "tls": True}})
+    for env in redis_env(secret).values():
+        assert env["REDIS_URL"] == {"secretKeyRef": {"name": "r", "key": "redis-url"}}
+        assert "REDIS_CA_FILE" not in env  # no bundle given: the image's CAs
+
+
+def test_server_tls_mounts_the_certificate_and_probes_the_port():
+    objects = render(TLS)
+    cert = find(objects, "Certificate", f"{FULL}-grpc")
+    servers = [o for o in objects if o["kind"] in {"Deployment", "StatefulSet"}
+               and pod_labels(o).get("rocket-rides/grpc-server") == "true"]
+    assert sorted(pod_labels(o)["app.kubernetes.io/component"] for o in servers) == \
+        ["api", "consumer", "consumer", "history"]
+    for w in objects:
+        if w["kind"] not in WORKLOADS:
+            continue
+        where = w["metadata"]["name"]
+        serves = w in servers
+        c = containers(w, init=False)[0]
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        mounts = c.get("volumeMounts", [])
+        volume = next((v for v in pod_spec(w).get("volumes", []) if v["name"] == "grpc-tls"), None)
+        if not serves:
+            assert "TLS_CERT_FILE" not in env and "TLS_KEY_FILE" not in env and TLS_MOUNT not in mounts, where
+            assert volume is None, where
+            continue
+        assert env["TLS_CERT_FILE"] == "/etc/rocket-rides/tls/tls.crt", where
+        assert env["TLS_KEY_FILE"] == "/etc/rocket-rides/tls/tls.key", where
+        assert TLS_MOUNT in mounts, where
+        assert volume == {"name": "grpc-tls", "secret": {
+            "secretName": cert["spec"]["secretName"], "defaultMode": 0o440,
+            "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]}}, where
+        # The kubelet's gRPC probes speak no TLS: the port is probed instead.
+        port = GRPC_SERVERS[pod_labels(w)["app.kubernetes.io/component"]]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert set(c[probe]) - {"periodSeconds", "failureThreshold"} == {"tcpSocket"}, (where, probe)
+            assert c[probe]["tcpSocket"] == {"port": port}, (where, probe)
+        # Init containers are clients: no server certificate there.
+        for init in pod_spec(w).get("initContainers", []):
+            assert TLS_MOUNT not in init.get("volumeMounts", []), where
+    # The streamer serves only health to the kubelet: plaintext, native gRPC probes.
+    streamer = containers(find(objects, "Deployment", f"{FULL}-streamer"), init=False)[0]
+    assert streamer["readinessProbe"]["grpc"] == {"port": 50053}
+    assert streamer["livenessProbe"]["grpc"] == {"port": 50053, "service": "liveness"}
+    # A Secret of one's own instead of cert-manager: no Certificate.
+    own = render(merged(TLS, {"tls": {"server": {"secretName": "rides-grpc", "certManager": {"enabled": False}}}}))
+    assert not [o for o in own if o["kind"] in CERT_KINDS]
+    api = find(own, "Deployment", f"{FULL}-api")
+    assert next(v for v in pod_spec(api)["volumes"] if v["name"] == "grpc-tls")["secret"]["secretName"] == "rides-grpc"
+    named = render(merged(TLS, {"tls": {"server": {"secretName": "rides-grpc"}}}))
+    assert find(named, "Certificate", f"{FULL}-grpc")["spec"]["secretName"] == "rides-grpc"
+
+
+def test_the_certificate_names_every_grpc_service_and_validates_against_its_crd_schema():
+    """Validated: crd-schemas/certificate.json, a hand-written subset of cert-manager's
+    Certificate CRD (the fields the chart uses; unknown fields rejected). Not validated: what
+    cert-manager's webhook and the issuer check at run time."""
+    schema = json.loads((HERE / "crd-schemas" / "certificate.json").read_text())
+    values = merged(TLS, {"consumer": {"groups": [{"name": "totals", "replicas": 2}, {"name": "audit", "replicas": 1}]},
+                          "tls": {"server": {"certManager": {
+                              "issuerRef": {"name": "corp", "kind": "ClusterIssuer"}, "duration": "2160h",
+                              "renewBefore": "360h", "clusterDomain": "k8s.example", "extraDnsNames": ["rides.example.com"]}}}})
+    objects = render(values)
+    cert = find(objects, "Certificate", f"{FULL}-grpc")
+    jsonschema.validate(cert, schema)
+    jsonschema.validate(find(render(TLS), "Certificate", f"{FULL}-grpc"), schema)
+    spec = cert["spec"]
+    assert spec["issuerRef"] == {"name": "corp", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    assert spec["secretName"] == f"{FULL}-grpc-tls"
+    assert (spec["duration"], spec["renewBefore"]) == ("2160h", "360h")
+    assert "server auth" in spec["usages"] and spec["privateKey"]["rotationPolicy"] == "Always"
+    # Every Service of a gRPC server, by each name a client in the cluster may use.
+    names = set(spec["dnsNames"])
+    assert len(names) == len(spec["dnsNames"])
+    servers = [o for o in objects if o["kind"] == "Service"
+               and o["spec"]["selector"].get("app.kubernetes.io/component") in GRPC_SERVERS]
+    assert len(servers) == 2 + 2 * 2 + 1
+    for svc in servers:
+        n = svc["metadata"]["name"]
+        assert {n, f"{n}.{NAMESPACE}", f"{n}.{NAMESPACE}.svc", f"{n}.{NAMESPACE}.svc.k8s.example"} <= names, n
+    assert names - {n for s in servers for n in (s["metadata"]["name"],)} - \
+        {f"{s['metadata']['name']}{x}" for s in servers for x in (f".{NAMESPACE}", f".{NAMESPACE}.svc",
+                                                                  f".{NAMESPACE}.svc.k8s.example")} == {"rides.example.com"}
+    # The helm test's addresses are among them (grpcurl verifies the host it dials).
+    script = helm_test_script(objects)
+    hosts = [a.split(":")[0] for a in re.search(r'^consumers="([^"]*)"$', script, re.M).group(1).split()]
+    hosts += [re.search(rf"^{v}=([^:]+):", script, re.M).group(1) for v in ("api", "history")]
+    assert hosts and set(hosts) <= names
+    # The schema does catch mistakes.
+    for path, bad in ((("usages",), ["server-auth"]), (("issuerRef",), {"kind": "Issuer"}),
+                      (("privateKey", "algorithm"), "EC"), (("duration",), "90 days"), (("dnsName",), ["x"]),
+                      (("dnsNames",), ["Not A Name"])):
+        broken = copy.deepcopy(cert)
+        target = broken["spec"]
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = bad
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(broken, schema)
+
+
+def test_the_helm_test_speaks_tls_to_the_servers_with_the_ca_bundle(tmp_path):
+    values = merged(VALUE_SETS["hardened"], {"tls": TLS["tls"], "chaos": {"enabled": False}})
+    out, calls = run_helm_test(tmp_path, values)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert calls and len(run_helm_test.flags) == len(calls)
+    for flags in run_helm_test.flags:
+        words = flags.split()
+        assert "-plaintext" not in words, flags
+        assert words[words.index("-cacert") + 1] == CA_FILE, flags
+    pod = find(render(values), "Pod", f"{FULL}-test-create-ride")
+    assert containers(pod)[0]["volumeMounts"] == [CA_MOUNT]
+    assert pod_spec(pod)["volumes"][0]["secret"]["secretName"] == "corp-ca"
+
+
+def test_the_notes_tell_grpcurl_to_verify_the_servers():
+    chart = helm_python.Chart.load(str(CHART))
+    try:
+        notes = chart.render(with_auth(TLS), name=RELEASE, namespace=NAMESPACE,
+                             is_install=True)["rocket-rides/templates/NOTES.txt"]
+    finally:
+        chart.close()
+    assert "-plaintext" not in notes
+    for server in (f"{FULL}-api", consumer_name("totals-a"), f"{FULL}-history"):
+        assert f"grpcurl -cacert ca.crt -servername {server} " in notes, server
+    assert f"Secret {FULL}-grpc-tls" in notes
+
+
+@pytest.mark.parametrize("values,message", [
+    (merged(TLS, {"tls": {"caBundle": {"secret": ""}}}), "tls.server.enabled needs tls.caBundle"),
+    (merged(TLS, {"tls": {"server": {"certManager": {"issuerRef": {"name": ""}}}}}),
+     "tls.server.certManager.issuerRef.name is required"),
+    (merged(TLS, {"tls": {"server": {"certManager": {"enabled": False}}}}), "tls.server.secretName is required"),
+    ({"tls": {"server": {"certManager": {"enabled": True, "issuerRef": {"name": "ca"}}}}},
+     "tls.server.certManager.enabled needs tls.server.enabled"),
+    ({"externalDatabase": {"sslmode": "require"}}, "the bundled Postgres serves no TLS"),
+    ({"externalRedis": {"tls": True}}, "the bundled Redis serves no TLS"),
+])
+def test_tls_settings_that_cannot_work_are_a_clear_error(values, message):
+    assert message in render_error(values)
+
+
 # ---- Pods: images, labels, probes, shutdown, binds, tokens, spread.
 
 STATEFUL = ("postgresql", "redis", "redis-cluster", "jaeger")
@@ -1340,9 +1658,16 @@ def test_the_api_has_a_headless_service_for_client_side_balancing():
     headless = find(objects, "Service", f"{FULL}-api-headless")
     assert headless["spec"]["clusterIP"] == "None"
     assert headless["spec"]["selector"] == find(objects, "Service", f"{FULL}-api")["spec"]["selector"]
-    # tonic resolves once per connection (no dns:/// round-robin): the simulator keeps the
-    # ClusterIP name (see the chart README).
-    assert env_of(find(objects, "Deployment", f"{FULL}-simulator"))["API_URL"]["value"] == f"http://{FULL}-api:50051"
+    # The simulator resolves the headless name to every api pod and balances over them.
+    assert env_of(find(objects, "Deployment", f"{FULL}-simulator"))["API_URL"]["value"] == f"http://{FULL}-api-headless:50051"
+
+
+def test_with_server_tls_the_simulator_calls_over_tls_and_trusts_the_ca():
+    objects = render(merged(TLS, {"simulator": {"enabled": True}}), auth=False)
+    env = env_of(find(objects, "Deployment", f"{FULL}-simulator"))
+    assert env["API_URL"]["value"] == f"https://{FULL}-api-headless:50051"
+    assert all(u.startswith("https://") for u in env["CONSUMER_URLS"]["value"].split(","))
+    assert env["SSL_CERT_FILE"]["value"] == "/etc/rocket-rides/ca/ca.crt"
 
 
 def test_the_chart_needs_kubernetes_1_24():

@@ -326,14 +326,7 @@ fn image_archive() -> PathBuf {
 }
 
 async fn grpcurl(args: &[&str]) -> Result<String, String> {
-    let path = std::env::var_os("GRPCURL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/grpcurl"));
-    assert!(
-        path.exists(),
-        "grpcurl not found at {}: run `make venv` or set GRPCURL",
-        path.display()
-    );
+    let path = rocket_rides_tests::grpcurl::path();
     let out = Command::new(&path).args(args).output().await.unwrap();
     match out.status.success() {
         true => Ok(String::from_utf8_lossy(&out.stdout).into()),

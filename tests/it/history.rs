@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redis::streams::StreamPendingCountReply;
+use redis::{aio::ConnectionLike, streams::StreamPendingCountReply};
 use rocket_rides_proto::v1::CreateRideRequest;
 use rocket_rides_tests::{History, System, grpcurl, stream, wait_until};
 use serde_json::Value;
@@ -51,8 +51,7 @@ async fn wait_history_complete(sys: &System) {
 }
 
 /// Entries pending in partition 0's group, for `member` or all.
-async fn pending(sys: &System, member: Option<&str>) -> Result<usize, String> {
-    let mut redis = sys.redis.connection().await;
+async fn pending(redis: &mut impl ConnectionLike, member: Option<&str>) -> Result<usize, String> {
     let mut xpending = redis::cmd("XPENDING");
     xpending
         .arg(stream(0))
@@ -64,7 +63,7 @@ async fn pending(sys: &System, member: Option<&str>) -> Result<usize, String> {
         xpending.arg(member);
     }
     let reply: StreamPendingCountReply = xpending
-        .query_async(&mut redis)
+        .query_async(redis)
         .await
         .map_err(|e| e.to_string())?;
     Ok(reply.ids.len())
@@ -107,7 +106,7 @@ async fn members_share_the_log_and_claim_what_a_killed_member_left_pending() {
     let pid = victim.pid().unwrap();
     let held = wait_until("history-c to hold pending entries", CAUGHT_UP, || async {
         rocket_rides_tests::signal(pid, libc::SIGSTOP);
-        match pending(&sys, Some("history-c")).await? {
+        match pending(&mut sys.redis.connection().await, Some("history-c")).await? {
             0 => {
                 rocket_rides_tests::signal(pid, libc::SIGCONT);
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -124,7 +123,7 @@ async fn members_share_the_log_and_claim_what_a_killed_member_left_pending() {
         "the others to claim history-c's entries",
         claimed_within,
         || async {
-            match pending(&sys, Some("history-c")).await? {
+            match pending(&mut sys.redis.connection().await, Some("history-c")).await? {
                 0 => Ok(()),
                 n => Err(format!("{n} still pending for history-c")),
             }
@@ -138,7 +137,7 @@ async fn members_share_the_log_and_claim_what_a_killed_member_left_pending() {
     assert_eq!(load.await.unwrap(), 3000);
     wait_history_complete(&sys).await;
     wait_until("the group's pending list to drain", CAUGHT_UP, || async {
-        match pending(&sys, None).await? {
+        match pending(&mut sys.redis.connection().await, None).await? {
             0 => Ok(()),
             n => Err(format!("{n} pending")),
         }
@@ -153,14 +152,16 @@ async fn members_share_the_log_and_claim_what_a_killed_member_left_pending() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_poison_entry_is_dead_lettered_after_max_deliveries_and_the_group_goes_on() {
-    let sys = System::start().await;
+    // On a Redis Cluster: the group's commands, and the dead letter written with its XACK in
+    // one transaction (the dead-letter stream shares the partition's slot), work there too.
+    let sys = System::start_on_cluster().await;
     let p = sys.pipeline(&[], &[]).await;
     let members = start_members(&sys, &["history-a", "history-b"], &history_env()).await;
     assert_eq!(p.api.load(10, 2).await, 10);
     wait_history_complete(&sys).await;
 
     // An entry that is no log record, at an id the streamer's next one still follows.
-    let mut redis = sys.redis.connection().await;
+    let mut redis = sys.cluster.as_ref().unwrap().connection().await;
     let top = rocket_rides_log::stream::last_id(&mut redis, &stream(0))
         .await
         .unwrap();
@@ -203,7 +204,7 @@ async fn a_poison_entry_is_dead_lettered_after_max_deliveries_and_the_group_goes
     assert_eq!(fields["group"], "history");
     assert_eq!(fields["deliveries"], "3");
     assert!(fields["error"].contains("not a log record"), "{fields:?}");
-    assert_eq!(pending(&sys, None).await.unwrap(), 0);
+    assert_eq!(pending(&mut redis, None).await.unwrap(), 0);
     assert_eq!(counted(&members, "history_dead_letters_total").await, 1.0);
 }
 
@@ -227,7 +228,7 @@ async fn redis_wiped_and_republished_the_group_is_recreated_and_the_history_comp
         .unwrap();
     assert_eq!(rows, 150);
     wait_until("the group's pending list to drain", CAUGHT_UP, || async {
-        match pending(&sys, None).await? {
+        match pending(&mut sys.redis.connection().await, None).await? {
             0 => Ok(()),
             n => Err(format!("{n} pending")),
         }

@@ -96,6 +96,8 @@ async fn one_ride_is_one_trace_from_the_api_through_the_log_to_every_consumer() 
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ];
     let p = sys.pipeline(&["consumer0", "consumer1"], &env).await;
+    let mut history = sys.history("history-a", &env);
+    history.start_ready().await;
 
     // A caller with its own trace: the ride joins it.
     let traceparent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
@@ -169,6 +171,36 @@ async fn one_ride_is_one_trace_from_the_api_through_the_log_to_every_consumer() 
                 .any(|s| s.parent_span_id == *batch && s.name == "UPDATE consumer_positions")
         );
     }
+
+    // The history member projects the ride in the same trace, after the streamer.
+    let id = ride.to_string();
+    let (project, batch) = wait_until(
+        "the history's spans of the ride",
+        Duration::from_secs(60),
+        || async {
+            let spans = receiver.spans();
+            let project = find(
+                &spans,
+                "rocket-rides-history",
+                "project ride",
+                ("ride.id", &id),
+            );
+            let project = project.first().ok_or("no project ride span")?;
+            let (_, batch) = project.links.first().ok_or("no link to its batch")?;
+            let batch = spans
+                .iter()
+                .find(|s| s.span_id == *batch)
+                .ok_or("no batch span yet")?;
+            Ok::<_, &str>(((*project).clone(), batch.name.clone()))
+        },
+    )
+    .await;
+    assert_eq!(project.trace_id, CALLER_TRACE);
+    assert_eq!(
+        project.parent_span_id, j.stream.span_id,
+        "history continues the streamer"
+    );
+    assert_eq!(batch, "project batch");
 
     // Without a caller trace the api starts one, and the log carries it just the same.
     let ride = create_ride(&p.api, None).await;

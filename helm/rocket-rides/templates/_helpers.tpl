@@ -89,7 +89,21 @@ password from it when the URL has none, so any character may be in it). */}}
     secretKeyRef:
       name: {{ required "externalDatabase.existingSecret is required when postgresql.enabled is false" .Values.externalDatabase.existingSecret }}
       key: {{ .Values.externalDatabase.urlKey }}
+{{- with .Values.externalDatabase.sslmode }}
+- name: PGSSLMODE
+  value: {{ . | quote }}
 {{- end }}
+{{- if and (include "rr.databaseTls" .) (include "rr.caBundle" .) }}
+- name: PGSSLROOTCERT
+  value: {{ include "rr.caBundleFile" . }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when the external database is reached over TLS (externalDatabase.sslmode other than
+disable), else empty. An sslmode in the URL itself wins over PGSSLMODE, as in libpq. */}}
+{{- define "rr.databaseTls" -}}
+{{- if and (not .Values.postgresql.enabled) (has .Values.externalDatabase.sslmode (list "prefer" "require" "verify-ca" "verify-full")) }}true{{ end }}
 {{- end }}
 
 {{/* The Secret holding the bundled Redis's password, or empty when Redis has none. */}}
@@ -167,8 +181,17 @@ redis://{{ if include "rr.redisSecret" . }}:$(REDIS_PASSWORD)@{{ end }}
       name: {{ .Values.externalRedis.existingSecret }}
       key: {{ .Values.externalRedis.urlKey }}
 {{- else }}
+{{- $url := required "externalRedis.url or externalRedis.existingSecret is required when redis.enabled is false" .Values.externalRedis.url }}
+{{- if .Values.externalRedis.tls }}
+{{- /* Every node's redis:// becomes rediss:// (a cluster's URL lists them comma-separated). */}}
+{{- $url = regexReplaceAll "(^|,)\\s*redis://" $url "${1}rediss://" }}
+{{- end }}
 - name: REDIS_URL
-  value: {{ required "externalRedis.url or externalRedis.existingSecret is required when redis.enabled is false" .Values.externalRedis.url | quote }}
+  value: {{ $url | quote }}
+{{- end }}
+{{- if and (not .Values.redis.enabled) .Values.externalRedis.tls (include "rr.caBundle" .) }}
+- name: REDIS_CA_FILE
+  value: {{ include "rr.caBundleFile" . }}
 {{- end }}
 {{- if or (include "rr.redisCluster" .) (and (not .Values.redis.enabled) .Values.externalRedis.cluster) }}
 - name: REDIS_CLUSTER
@@ -237,6 +260,7 @@ without replicas gets 0, or every batch would wait for a replica that does not e
 - name: OTEL_TRACES_SAMPLER_ARG
   value: {{ $.ctx.Values.tracing.samplingRatio | quote }}
 {{- end }}
+{{- include "rr.caBundleEnv" .ctx }}
 {{- if and .ctx.Values.metrics.enabled .metrics }}
 - name: METRICS_ADDR
   value: {{ include "rr.listenAddr" (list .ctx .ctx.Values.metrics.port) | quote }}
@@ -253,24 +277,23 @@ securityContext:
   {{- toYaml .Values.securityContext | nindent 2 }}
 {{- end }}
 
-{{/* gRPC health probes on `port`: readiness asks service "", liveness service "liveness"; the
-startup probe gives a slow start (a migration, Postgres coming up) 5 minutes before liveness. */}}
+{{/* gRPC health probes: readiness asks service "", liveness service "liveness"; the startup
+probe gives a slow start (a migration, Postgres coming up) 5 minutes before liveness. Call with
+(dict "port" <port> "tls" <"true" or "">): kubelet's gRPC probes speak no TLS, so a server that
+serves TLS gets tcpSocket probes on the same port (the port is open, not that it is SERVING). */}}
 {{- define "rr.grpcProbes" -}}
+{{- $check := ternary (dict "tcpSocket" (dict "port" .port)) (dict "grpc" (dict "port" .port)) (not (empty .tls)) -}}
+{{- $live := ternary $check (dict "grpc" (dict "port" .port "service" "liveness")) (not (empty .tls)) -}}
 startupProbe:
-  grpc:
-    port: {{ . }}
-    service: liveness
+  {{- toYaml $live | nindent 2 }}
   periodSeconds: 5
   failureThreshold: 60
 readinessProbe:
-  grpc:
-    port: {{ . }}
+  {{- toYaml $check | nindent 2 }}
   periodSeconds: 5
   failureThreshold: 2
 livenessProbe:
-  grpc:
-    port: {{ . }}
-    service: liveness
+  {{- toYaml $live | nindent 2 }}
   periodSeconds: 10
   failureThreshold: 3
 {{- end }}
@@ -320,6 +343,12 @@ initContainers:
         value: {{ .Values.logLevel | quote }}
       - name: LOG_FORMAT
         value: {{ .Values.logFormat | quote }}
+      {{- with include "rr.caBundleEnv" . | trim }}
+      {{- . | nindent 6 }}
+      {{- end }}
+    {{- with include "rr.tlsVolumeMounts" (dict "ctx" $) | trim }}
+    {{- . | nindent 4 }}
+    {{- end }}
     resources:
       {{- toYaml .Values.migrations.resources | nindent 6 }}
     {{- include "rr.containerSecurityContext" . | nindent 4 }}
@@ -403,4 +432,123 @@ spec:
 {{- $addresses = append $addresses (printf "%s:%d" (include "rr.consumerGroupName" (dict "ctx" $ "group" .name)) (int $.Values.consumer.port)) -}}
 {{- end }}
 {{- join " " $addresses }}
+{{- end }}
+
+{{/* ---- TLS (README.md "TLS"). */}}
+
+{{- define "rr.caBundleDir" -}}/etc/rocket-rides/ca{{- end }}
+{{- define "rr.caBundleFile" -}}/etc/rocket-rides/ca/ca.crt{{- end }}
+{{- define "rr.serverTlsDir" -}}/etc/rocket-rides/tls{{- end }}
+
+{{/* "true" when tls.caBundle names a ConfigMap or a Secret, else empty. */}}
+{{- define "rr.caBundle" -}}
+{{- with .Values.tls.caBundle }}{{ if or .configMap .secret }}true{{ end }}{{ end }}
+{{- end }}
+
+{{/* "true" when our gRPC servers (api, consumers, history) serve TLS, else empty. */}}
+{{- define "rr.serverTls" -}}
+{{- if .Values.tls.server.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The kubernetes.io/tls Secret holding the servers' certificate: tls.server.secretName, or
+with cert-manager <fullname>-grpc-tls by default. */}}
+{{- define "rr.serverTlsSecret" -}}
+{{- if .Values.tls.server.certManager.enabled }}
+{{- .Values.tls.server.secretName | default (printf "%s-grpc-tls" (include "rr.fullname" .)) }}
+{{- else }}
+{{- required "tls.server.secretName is required when tls.server.enabled is true (a kubernetes.io/tls Secret with tls.crt and tls.key), unless tls.server.certManager.enabled makes one" .Values.tls.server.secretName }}
+{{- end }}
+{{- end }}
+
+{{/* SSL_CERT_FILE: the CA bundle every TLS client of ours trusts (it replaces the image's CA
+certificates), when one is given. */}}
+{{- define "rr.caBundleEnv" -}}
+{{- if include "rr.caBundle" . }}
+- name: SSL_CERT_FILE
+  value: {{ include "rr.caBundleFile" . }}
+{{- end }}
+{{- end }}
+
+{{/* TLS_CERT_FILE and TLS_KEY_FILE of a gRPC server, when server TLS is on. */}}
+{{- define "rr.serverTlsEnv" -}}
+{{- if include "rr.serverTls" . }}
+- name: TLS_CERT_FILE
+  value: {{ include "rr.serverTlsDir" . }}/tls.crt
+- name: TLS_KEY_FILE
+  value: {{ include "rr.serverTlsDir" . }}/tls.key
+{{- end }}
+{{- end }}
+
+{{/* A pod's `volumes:` for TLS, or nothing: the CA bundle when given, the servers' certificate
+when "server" is true and server TLS is on. Call with (dict "ctx" $ ["server" true]). */}}
+{{- define "rr.tlsVolumes" -}}
+{{- $ca := include "rr.caBundle" .ctx -}}
+{{- $server := and .server (include "rr.serverTls" .ctx) -}}
+{{- if or $ca $server }}
+volumes:
+{{- if $ca }}
+{{- with .ctx.Values.tls.caBundle }}
+  - name: ca-bundle
+    {{- if .configMap }}
+    configMap:
+      name: {{ .configMap }}
+    {{- else }}
+    secret:
+      secretName: {{ .secret }}
+    {{- end }}
+      items:
+        - key: {{ .key }}
+          path: ca.crt
+{{- end }}
+{{- end }}
+{{- if $server }}
+  - name: grpc-tls
+    secret:
+      secretName: {{ include "rr.serverTlsSecret" .ctx }}
+      defaultMode: 0440
+      items:
+        - key: tls.crt
+          path: tls.crt
+        - key: tls.key
+          path: tls.key
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The matching `volumeMounts:` of a container, read-only; same arguments. */}}
+{{- define "rr.tlsVolumeMounts" -}}
+{{- $ca := include "rr.caBundle" .ctx -}}
+{{- $server := and .server (include "rr.serverTls" .ctx) -}}
+{{- if or $ca $server }}
+volumeMounts:
+{{- if $ca }}
+  - name: ca-bundle
+    mountPath: {{ include "rr.caBundleDir" .ctx }}
+    readOnly: true
+{{- end }}
+{{- if $server }}
+  - name: grpc-tls
+    mountPath: {{ include "rr.serverTlsDir" .ctx }}
+    readOnly: true
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The DNS names a gRPC server's certificate must hold: every Service of the api, the consumer
+groups and history, short, namespaced and fully qualified. */}}
+{{- define "rr.serverTlsDnsNames" -}}
+{{- $full := include "rr.fullname" . -}}
+{{- $services := list (printf "%s-api" $full) (printf "%s-api-headless" $full) -}}
+{{- range .Values.consumer.groups }}
+{{- $name := include "rr.consumerGroupName" (dict "ctx" $ "group" .name) -}}
+{{- $services = concat $services (list $name (printf "%s-headless" $name)) -}}
+{{- end }}
+{{- if .Values.history.enabled }}
+{{- $services = append $services (printf "%s-history" $full) -}}
+{{- end }}
+{{- $names := list -}}
+{{- range $services }}
+{{- $names = concat $names (list . (printf "%s.%s" . $.Release.Namespace) (printf "%s.%s.svc" . $.Release.Namespace) (printf "%s.%s.svc.%s" . $.Release.Namespace $.Values.tls.server.certManager.clusterDomain)) -}}
+{{- end }}
+{{- concat $names .Values.tls.server.certManager.extraDnsNames | uniq | join " " }}
 {{- end }}

@@ -1,7 +1,5 @@
 //! One `Consumer` per partition of the log.
 
-use std::time::Duration;
-
 use rocket_rides_log::{membership, partition};
 use rocket_rides_platform::{health::Soundness, shutdown::CancellationToken};
 use sqlx::PgPool;
@@ -13,9 +11,6 @@ use crate::{
     metrics::Metrics,
 };
 
-/// The part of the soundness a wrong LOG_PARTITIONS holds down.
-const CONFIG_PART: i32 = -1;
-
 pub struct Partitions {
     pub config: Config,
     pub pool: PgPool,
@@ -26,23 +21,12 @@ pub struct Partitions {
 impl Partitions {
     /// Learns the log's partition count, then consumes every partition until `cancel`.
     pub async fn run(self, cancel: CancellationToken) {
-        let Some(partitions) = partition::count(&self.pool, &cancel).await else {
+        let config = &self.config;
+        let Some(partitions) =
+            partition::expected(&self.pool, config.partitions, &self.sound, &cancel).await
+        else {
             return;
         };
-        let config = &self.config;
-        if let Some(wanted) = config.partitions
-            && wanted != partitions
-        {
-            tracing::error!(
-                log_partitions = partitions,
-                configured = wanted,
-                "LOG_PARTITIONS does not match the log's partition count (fixed when the log was \
-                 created); not consuming. Unset LOG_PARTITIONS or set it to {partitions}"
-            );
-            self.sound.set(CONFIG_PART, false);
-            cancel.cancelled().await;
-            return;
-        }
         // Each partition keeps a connection; a few more load checkpoints.
         let pool = match config.postgres.pool_of(partitions as u32 + 2) {
             Ok(pool) => pool,
@@ -62,14 +46,7 @@ impl Partitions {
             cancel.clone(),
         ));
         for p in 0..partitions {
-            // The blocking XREAD gets a connection of its own: on a shared (multiplexed) one,
-            // other commands would queue behind it. Its response timeout is longer than the
-            // block, so a blocked read is not mistaken for a dead server.
-            let connections = config
-                .redis
-                .connect(consumer::BLOCK + Duration::from_secs(5))
-                .and_then(|reader| Ok((reader, config.redis.connect(Duration::from_secs(5))?)));
-            let (reader, redis) = match connections {
+            let (reader, redis) = match config.redis.connect_reader(consumer::BLOCK) {
                 Ok(connections) => connections,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot connect to Redis");

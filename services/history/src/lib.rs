@@ -75,22 +75,10 @@ pub async fn run(
 
 /// Learns the log's partitions and identity, then runs a worker per partition until `cancel`.
 async fn project_all(config: Config, pool: PgPool, sound: Soundness, cancel: CancellationToken) {
-    let Some(partitions) = partition::count(&pool, &cancel).await else {
+    let Some(partitions) = partition::expected(&pool, config.partitions, &sound, &cancel).await
+    else {
         return;
     };
-    if let Some(wanted) = config.partitions
-        && wanted != partitions
-    {
-        tracing::error!(
-            log_partitions = partitions,
-            configured = wanted,
-            "LOG_PARTITIONS does not match the log's partition count (fixed when the log was \
-             created); not projecting. Unset LOG_PARTITIONS or set it to {partitions}"
-        );
-        sound.set(-1, false);
-        cancel.cancelled().await;
-        return;
-    }
     let mut backoff = Backoff::default();
     let log_id = loop {
         match archive::log(&pool).await {
@@ -105,13 +93,7 @@ async fn project_all(config: Config, pool: PgPool, sound: Soundness, cancel: Can
     let metrics = Metrics::register();
     let mut tasks = JoinSet::new();
     for p in 0..partitions {
-        // The blocking read gets a connection of its own, with a response timeout longer
-        // than its block.
-        let connections = config
-            .redis
-            .connect(worker::BLOCK + Duration::from_secs(5))
-            .and_then(|reader| Ok((reader, config.redis.connect(Duration::from_secs(5))?)));
-        let (reader, redis) = match connections {
+        let (reader, redis) = match config.redis.connect_reader(worker::BLOCK) {
             Ok(connections) => connections,
             Err(e) => {
                 tracing::error!(error = %e, "cannot connect to Redis");

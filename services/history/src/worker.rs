@@ -281,11 +281,14 @@ impl Worker {
                 propagation::join(span, &record.trace, &batch)
             })
             .collect();
-        let found = {
-            let rides: Vec<&LogRecord> = records.iter().map(|(_, r)| *r).collect();
-            project::project(&self.pool, &rides)
-                .instrument(batch.in_scope(|| spans::postgres("INSERT ride_history")))
-                .await?
+        let rides: Vec<&LogRecord> = records.iter().map(|(_, r)| *r).collect();
+        let found = match rides.is_empty() {
+            true => HashMap::new(),
+            false => {
+                project::project(&self.pool, &rides)
+                    .instrument(batch.in_scope(|| spans::postgres("INSERT ride_history")))
+                    .await?
+            }
         };
         let mut done: Vec<StreamId> = Vec::with_capacity(entries.len());
         for (id, record) in &records {

@@ -53,13 +53,8 @@ pub async fn range(
     upto: i64,
     limit: i64,
 ) -> Result<Vec<LogRecord>, sqlx::Error> {
-    sqlx::query_as(concat!(records!(), "ORDER BY r.seq LIMIT $4"))
-        .bind(partition)
-        .bind(after)
-        .bind(upto)
-        .bind(limit)
-        .fetch_all(db)
-        .await
+    let sql = concat!(records!(), "ORDER BY r.seq LIMIT $4");
+    records_in(db, sql, partition, (after, upto), limit).await
 }
 
 /// As `range`, newest first.
@@ -70,7 +65,18 @@ pub async fn range_back(
     upto: i64,
     limit: i64,
 ) -> Result<Vec<LogRecord>, sqlx::Error> {
-    sqlx::query_as(concat!(records!(), "ORDER BY r.seq DESC LIMIT $4"))
+    let sql = concat!(records!(), "ORDER BY r.seq DESC LIMIT $4");
+    records_in(db, sql, partition, (after, upto), limit).await
+}
+
+async fn records_in(
+    db: impl PgExecutor<'_>,
+    sql: &'static str,
+    partition: i32,
+    (after, upto): (i64, i64),
+    limit: i64,
+) -> Result<Vec<LogRecord>, sqlx::Error> {
+    sqlx::query_as(sql)
         .bind(partition)
         .bind(after)
         .bind(upto)

@@ -4,7 +4,7 @@
 //! its bytes, made positive, modulo the partition count. The api sends the positive hash; the
 //! insert takes it modulo `log_head.partitions`, so the count is read where it is fixed.
 
-use rocket_rides_platform::{retry::Backoff, shutdown::CancellationToken};
+use rocket_rides_platform::{health::Soundness, retry::Backoff, shutdown::CancellationToken};
 
 /// The stream of partition `partition` of the log streamed to `stream`: `<stream>:{<p>}`. The
 /// braces are a Redis Cluster hash tag, so a partition's stream and its dead-letter stream share
@@ -72,6 +72,36 @@ pub async fn count(pool: &sqlx::PgPool, cancel: &CancellationToken) -> Option<i3
             _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
+}
+
+/// The part of a service's soundness that a wrong `LOG_PARTITIONS` holds down.
+pub const CONFIG_PART: i32 = -1;
+
+/// The log's partition count, once Postgres answers, if it is what the service was configured
+/// to expect (`configured`, from `LOG_PARTITIONS`). If not, says so, holds the service
+/// NOT_SERVING and waits for `cancel`: a service must not work a log of another shape than it
+/// was deployed for. None when cancelled.
+pub async fn expected(
+    pool: &sqlx::PgPool,
+    configured: Option<i32>,
+    sound: &Soundness,
+    cancel: &CancellationToken,
+) -> Option<i32> {
+    let partitions = count(pool, cancel).await?;
+    if let Some(wanted) = configured
+        && wanted != partitions
+    {
+        tracing::error!(
+            log_partitions = partitions,
+            configured = wanted,
+            "LOG_PARTITIONS does not match the log's partition count (fixed when the log was \
+             created); standing still. Unset LOG_PARTITIONS or set it to {partitions}"
+        );
+        sound.set(CONFIG_PART, false);
+        cancel.cancelled().await;
+        return None;
+    }
+    Some(partitions)
 }
 
 #[cfg(test)]

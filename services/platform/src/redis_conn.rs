@@ -104,6 +104,18 @@ impl RedisConfig {
             .map_err(|e| Error::invalid("REDIS_URL", "(redacted)", e))
     }
 
+    /// A connection for blocking reads that wait up to `block`, and one for everything else.
+    /// A blocking read needs a connection of its own: on a shared (multiplexed) one, other
+    /// commands would queue behind it. Its response timeout exceeds the block, so a blocked
+    /// read is not mistaken for a dead server.
+    pub fn connect_reader(
+        &self,
+        block: Duration,
+    ) -> Result<(RedisConnection, RedisConnection), Error> {
+        const RESPONSE: Duration = Duration::from_secs(5);
+        Ok((self.connect(block + RESPONSE)?, self.connect(RESPONSE)?))
+    }
+
     /// A lazily connecting connection. `response_timeout` must exceed the longest blocking
     /// command sent on it (a consumer's `XREAD BLOCK`).
     pub fn connect(&self, response_timeout: Duration) -> Result<RedisConnection, Error> {

@@ -2,16 +2,14 @@
 //! distances of 5 to 1000 m, and (with CONSUMER_URLS) reports whether the consumers agree.
 //! Serves only gRPC health (for probes).
 
+mod balance;
 pub mod config;
 mod metrics;
 mod report;
 mod rides;
 
-use std::time::Duration;
-
 use rocket_rides_platform::{Error, grpc, runner::Runner, shutdown::CancellationToken};
 use tokio::net::TcpListener;
-use tonic::transport::{Channel, Endpoint};
 
 pub use crate::config::Config;
 
@@ -26,11 +24,11 @@ pub async fn run(
 ) -> Result<(), Error> {
     let mut runner = Runner::start(NAME, &config, cancel).await?;
     let metrics = metrics::Metrics::register();
-    let api = channel(&config.api_url)?;
+    let api = balance::channel("API_URL", &config.api_url)?;
     let consumers = config
         .consumer_urls
         .iter()
-        .map(|url| channel(url))
+        .map(|url| balance::channel("CONSUMER_URLS", url))
         .collect::<Result<Vec<_>, _>>()?;
     runner.monitor(vec![], None);
     runner.serve(runner.router(grpc::Services::default())?, listener);
@@ -52,19 +50,4 @@ pub async fn run(
     );
     runner.spawn_worker("rides", rides);
     runner.run().await
-}
-
-/// A lazily connecting channel, so the simulator starts before the services it calls.
-fn channel(url: &str) -> Result<Channel, Error> {
-    Ok(Endpoint::from_shared(url.to_string())
-        .map_err(|e| {
-            Error::invalid(
-                "API_URL/CONSUMER_URLS",
-                url,
-                format!("{e} (expected e.g. http://127.0.0.1:50051)"),
-            )
-        })?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10))
-        .connect_lazy())
 }

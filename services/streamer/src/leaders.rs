@@ -13,9 +13,6 @@ use crate::{Config, metrics::Metrics, streamer::Streamer};
 /// The streamer replicas' group: they share the partitions' leadership.
 const GROUP: &str = "streamer";
 
-/// What a halted start (a wrong LOG_PARTITIONS) reports as its part of the soundness.
-const CONFIG_PART: i32 = -1;
-
 pub struct Leaders {
     pub config: Config,
     /// This replica's name in the leases.
@@ -28,23 +25,12 @@ pub struct Leaders {
 impl Leaders {
     /// Learns the log's partition count, then runs a streamer per partition until `cancel`.
     pub async fn run(self, cancel: CancellationToken) {
-        let Some(partitions) = partition::count(&self.pool, &cancel).await else {
+        let config = &self.config;
+        let Some(partitions) =
+            partition::expected(&self.pool, config.partitions, &self.sound, &cancel).await
+        else {
             return;
         };
-        let config = &self.config;
-        if let Some(wanted) = config.partitions
-            && wanted != partitions
-        {
-            tracing::error!(
-                log_partitions = partitions,
-                configured = wanted,
-                "LOG_PARTITIONS does not match the log's partition count (fixed when the log was \
-                 created); not streaming. Unset LOG_PARTITIONS or set it to {partitions}"
-            );
-            self.sound.set(CONFIG_PART, false);
-            cancel.cancelled().await;
-            return;
-        }
         // Each partition keeps a connection; a few more serve leases, partitions and trims.
         let pool = match config.postgres.pool_of(2 * partitions as u32 + 2) {
             Ok(pool) => pool,
