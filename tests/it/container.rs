@@ -121,6 +121,8 @@ async fn the_image_runs_the_pipeline_as_the_chart_does_over_tls() {
     );
 
     let api_addr = format!("127.0.0.1:{}", free_port());
+    // The api's health alone, in plaintext, for probes that cannot speak TLS (the kubelet's).
+    let api_health = format!("127.0.0.1:{}", free_port());
     let streamer_addr = format!("127.0.0.1:{}", free_port());
     let consumer_addr = format!("127.0.0.1:{}", free_port());
     let metrics = || format!("127.0.0.1:{}", free_port());
@@ -133,6 +135,7 @@ async fn the_image_runs_the_pipeline_as_the_chart_does_over_tls() {
             ("METRICS_ADDR", &api_metrics),
             ("TLS_CERT_FILE", "/tls/server.pem"),
             ("TLS_KEY_FILE", "/tls/server.key"),
+            ("HEALTH_ADDR", &api_health),
         ],
     ]
     .concat();
@@ -194,6 +197,7 @@ async fn the_image_runs_the_pipeline_as_the_chart_does_over_tls() {
     let api_tls = ["-cacert", ca];
     for (name, addr, transport) in [
         (&api, &api_addr, &api_tls[..]),
+        (&api, &api_health, &["-plaintext"][..]),
         (&streamer, &streamer_addr, &["-plaintext"][..]),
         (&consumer, &consumer_addr, &["-plaintext"][..]),
     ] {

@@ -146,6 +146,9 @@ pub struct Common {
     pub metrics_addr: Option<SocketAddr>,
     /// `TLS_CERT_FILE` and `TLS_KEY_FILE`: serve gRPC over TLS.
     pub tls: Option<ServerTls>,
+    /// `HEALTH_ADDR`: also serve `grpc.health.v1.Health` alone, in plaintext, here (for the
+    /// kubelet's gRPC probes, which cannot speak TLS); off when unset.
+    pub health_addr: Option<SocketAddr>,
     pub telemetry: telemetry::Config,
 }
 
@@ -159,6 +162,7 @@ impl Common {
             listen_addr: vars.parse_or("LISTEN_ADDR", default_listen_addr)?,
             metrics_addr: vars.parse("METRICS_ADDR")?,
             tls: ServerTls::from_vars(vars)?,
+            health_addr: vars.parse("HEALTH_ADDR")?,
             telemetry: telemetry::Config::from_vars(vars, service)?,
         })
     }

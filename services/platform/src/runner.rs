@@ -90,6 +90,13 @@ impl Runner {
             names: HashMap::new(),
             tls: config.common().tls.clone(),
         };
+        if let Some(addr) = config.common().health_addr {
+            // Health (and reflection) alone, in plaintext, for probes that cannot speak TLS.
+            let listener = grpc::bind(addr).await?;
+            let router = grpc::router(&runner.health, grpc::Services::default(), None)?;
+            let serve = grpc::serve(router, listener, runner.health.clone(), runner.cancel());
+            runner.spawn("health server", serve);
+        }
         if let Some(addr) = config.common().metrics_addr {
             let exporter = prometheus::install(addr)?;
             let cancel = runner.cancel();
