@@ -25,8 +25,8 @@ KUBE_VERSION = "1.33.0"
 RELEASE, NAMESPACE = "demo", "rides"
 FULL = f"{RELEASE}-rocket-rides"
 
-# The chart never generates passwords (see its README): every render gets these unless a test
-# says otherwise (auth=False).
+# Every render gets these passwords unless a test says otherwise (auth=False); without them
+# (value set "generated") the chart generates them in the cluster (see its README).
 AUTH = {"postgresql": {"auth": {"password": "app-secret", "postgresPassword": "super-secret"}},
         "redis": {"auth": {"password": "redis-secret"}}}
 DEMO = yaml.safe_load((CHART / "values-demo.yaml").read_text())
@@ -81,9 +81,11 @@ VALUE_SETS = {
     "existing": {"postgresql": {"auth": {"existingSecret": "my-pg"}},
                  "redis": {"auth": {"existingSecret": "my-redis", "existingSecretPasswordKey": "pw"}},
                  "history": {"enabled": False}},
+    # No passwords at all: the generatedSecrets Job creates the Secrets in the cluster.
+    "generated": {"chaos": {"enabled": True}},
 }
-# Value sets whose secrets come from existingSecret (no password values).
-NO_AUTH = {"existing"}
+# Value sets whose secrets come from existingSecret or are generated (no password values).
+NO_AUTH = {"existing", "generated"}
 
 WORKLOADS = {"Deployment", "StatefulSet", "Job", "CronJob", "Pod"}
 CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
@@ -252,8 +254,6 @@ def test_rust_services_probe_grpc_health_with_a_separate_liveness_service(render
         for c in containers(obj, init=False):
             if not c.get("command", [""])[0].startswith("rocket-rides-"):
                 continue
-            if server_tls and pod_labels(obj).get("rocket-rides/grpc-server") == "true":
-                continue  # tcpSocket: test_server_tls_mounts_the_certificate_and_probes_the_port
             assert "grpc" in c["readinessProbe"] and "service" not in c["readinessProbe"]["grpc"]
             assert c["livenessProbe"]["grpc"]["service"] == "liveness"
 
@@ -273,6 +273,7 @@ def test_secret_and_config_references_resolve(rendered):
     configmaps |= {ca.get("configMap")} - {None, ""}
     secrets |= {values.get("tls", {}).get("server", {}).get("secretName")} - {None, ""}
     secrets |= {o["spec"]["secretName"] for o in objects if o["kind"] == "Certificate"}
+    secrets |= set(generated_secrets(objects))
     for obj in (o for o in objects if o["kind"] in WORKLOADS):
         for c in containers(obj):
             for env in c.get("env", []):
@@ -881,9 +882,9 @@ def pods_of(objects):
     return pods
 
 
-@pytest.mark.parametrize("name", ["demo", "hardened", "cluster", "external"])
+@pytest.mark.parametrize("name", ["demo", "hardened", "cluster", "external", "generated"])
 def test_network_policies_admit_exactly_the_flows_the_services_need(name):
-    objects = render(VALUE_SETS[name], auth=name != "demo")
+    objects = render(VALUE_SETS[name], auth=name not in {"demo"} | NO_AUTH)
     policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
     pods = pods_of(objects)
     ours = [k for k, p in pods.items() if p["namespace"] == NAMESPACE and k != "neighbour"]
@@ -927,9 +928,11 @@ def test_network_policies_admit_exactly_the_flows_the_services_need(name):
             assert not can(outsider, "postgresql", 5432)
         if bundled_redis:
             assert not can(outsider, redis, 6379)
-    # Only chaos reaches the Kubernetes API; nobody reaches the outside world otherwise.
+    # Only chaos and the secret generator reach the Kubernetes API; nobody reaches the outside
+    # world otherwise.
+    assert ("generated-secrets" in pods) == (name == "generated")
     for k in ours:
-        assert can(k, "kube-api", 443) == (k == "chaos"), k
+        assert can(k, "kube-api", 443) == (k in {"chaos", "generated-secrets"}), k
     if name == "cluster":
         assert can("redis-cluster", "redis-cluster", 16379) and can("redis-cluster", "redis-cluster", 6379)
         assert not can("streamer", "redis-cluster", 16379)
@@ -1074,27 +1077,43 @@ def test_external_database_without_a_secret_is_a_clear_error():
         chart.close()
 
 
-# ---- Secrets: given, or the user's; never generated, so `helm template` is stable.
+# ---- Secrets: given, the user's, or generated in the cluster; never at render time, so
+# `helm template` is stable.
 
 def secret_data(objects):
     return {o["metadata"]["name"]: o["data"] for o in objects if o["kind"] == "Secret"}
 
 
-def test_passwords_are_required_with_a_reason_rather_than_generated():
-    message = render_error({"redis": AUTH["redis"]}, auth=False)
-    assert "postgresql.auth.password is required" in message and "existingSecret" in message
-    assert "helm template" in message
-    message = render_error({"redis": AUTH["redis"], "postgresql": {"auth": {"password": "x"}}}, auth=False)
-    assert "postgresql.auth.postgresPassword is required" in message
-    message = render_error({"postgresql": AUTH["postgresql"]}, auth=False)
-    assert "redis.auth.password is required" in message and "helm template" in message
+def generator_jobs(objects):
+    return [o for o in objects if o["kind"] == "Job"
+            and o["metadata"]["labels"]["app.kubernetes.io/component"] == "generated-secrets"]
+
+
+def generated_secrets(objects):
+    """{secret: [keys]} the generatedSecrets Job ensures, from its containers' arguments."""
+    out = {}
+    for job in generator_jobs(objects):
+        for c in containers(job):
+            assert c["command"] == ["rocket-rides-chaos"] and c["args"][0] == "ensure-secret"
+            args = [a.split("=", 1) for a in c["args"][1:]]
+            (name,) = [v for k, v in args if k == "--name"]
+            out[name] = [v for k, v in args if k == "--key"]
+    return out
+
+
+def test_partial_postgres_passwords_are_a_clear_error_and_redis_may_go_without():
+    message = render_error({"postgresql": {"auth": {"password": "x"}}}, auth=False)
+    assert "postgresql.auth.postgresPassword" in message and "or neither" in message
+    message = render_error({"postgresql": {"auth": {"postgresPassword": "x"}}}, auth=False)
+    assert "or neither" in message
     # Redis without a password is a choice one makes explicitly.
     objects = render({"postgresql": AUTH["postgresql"], "redis": {"auth": {"enabled": False}}}, auth=False)
     assert env_of(find(objects, "Deployment", f"{FULL}-streamer"))["REDIS_URL"]["value"] == f"redis://{FULL}-redis:6379"
     assert "REDIS_PASSWORD" not in env_of(find(objects, "Deployment", f"{FULL}-streamer"))
+    assert not generator_jobs(objects)
 
 
-@pytest.mark.parametrize("name", ["default", "existing"])
+@pytest.mark.parametrize("name", ["default", "existing", "generated"])
 def test_helm_template_twice_gives_the_same_secrets(name):
     first = render_fresh(VALUE_SETS[name], auth=name not in NO_AUTH)
     second = render_fresh(VALUE_SETS[name], auth=name not in NO_AUTH)
@@ -1103,6 +1122,73 @@ def test_helm_template_twice_gives_the_same_secrets(name):
         assert set(secret_data(first)) == {f"{FULL}-postgresql", f"{FULL}-redis"}
         redis = secret_data(first)[f"{FULL}-redis"]
         assert base64.b64decode(redis["redis-password"]).decode() == "redis-secret"
+    if name == "generated":
+        # Nothing random at render time: the whole output, the Job's name included, is the same.
+        assert first == second
+        assert secret_data(first) == {}
+
+
+def test_without_passwords_a_job_generates_the_secrets_the_pods_refer_to():
+    objects = render({}, auth=False)
+    assert secret_data(objects) == {}
+    (job,) = generator_jobs(objects)
+    name = f"{FULL}-generated-secrets"
+    assert re.fullmatch(rf"{name}-[0-9a-f]{{8}}", job["metadata"]["name"])
+    # A plain Job, not a Helm hook: GitOps applies it like any object.
+    assert "helm.sh/hook" not in job["metadata"].get("annotations", {})
+    # The same Secret names and keys as the Secrets rendered from given passwords.
+    assert generated_secrets(objects) == {f"{FULL}-postgresql": ["password", "postgres-password"],
+                                          f"{FULL}-redis": ["redis-password"]}
+    api = env_of(find(objects, "Deployment", f"{FULL}-api"))
+    assert api["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": f"{FULL}-postgresql", "key": "password"}
+    pg = env_of(find(objects, "StatefulSet", f"{FULL}-postgresql"))
+    assert pg["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": f"{FULL}-postgresql",
+                                                                    "key": "postgres-password"}
+    assert pg["APP_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": f"{FULL}-postgresql", "key": "password"}
+    for w in (find(objects, "Deployment", f"{FULL}-streamer"), find(objects, "StatefulSet", f"{FULL}-redis")):
+        assert env_of(w)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == REDIS_PASSWORD_ENV["secretKeyRef"]
+    # The Secrets it makes carry no Helm or Argo CD tracking label: uninstall and prune leave them.
+    for c in containers(job):
+        labels = dict(a.removeprefix("--label=").split("=", 1) for a in c["args"] if a.startswith("--label="))
+        assert not {"app.kubernetes.io/instance", "app.kubernetes.io/managed-by", "helm.sh/chart"} & set(labels)
+    # Its account may read only those Secrets, and create (which cannot be restricted by name).
+    role = find(objects, "Role", name)
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [f"{FULL}-postgresql", f"{FULL}-redis"],
+         "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+    ]
+    binding = find(objects, "RoleBinding", name)
+    assert binding["roleRef"]["name"] == name and binding["subjects"][0]["name"] == name
+    spec = pod_spec(job)
+    assert spec["serviceAccountName"] == name and spec["automountServiceAccountToken"] is True
+    assert find(objects, "ServiceAccount", name)["automountServiceAccountToken"] is False
+    # A changed pod template is a new Job (its template is immutable); the same one keeps its name.
+    other = generator_jobs(render({"image": {"tag": "0.1.1"}}, auth=False))[0]
+    assert other["metadata"]["name"] != job["metadata"]["name"]
+
+
+@pytest.mark.parametrize("values, expected", [
+    # Every password given, or every Secret the user's: no Job, no RBAC.
+    ({"postgresql": AUTH["postgresql"], "redis": AUTH["redis"]}, {}),
+    (VALUE_SETS["existing"], {}),
+    (DEMO, {}),
+    ({"postgresql": AUTH["postgresql"], "redis": {"auth": {"enabled": False}}}, {}),
+    (VALUE_SETS["external"], {}),
+    # Only what is missing is generated.
+    ({"postgresql": AUTH["postgresql"]}, {f"{FULL}-redis": ["redis-password"]}),
+    ({"redis": {"auth": {"existingSecret": "mine"}}}, {f"{FULL}-postgresql": ["password", "postgres-password"]}),
+    ({"postgresql": {"auth": {"existingSecret": "pg", "secretKeys": {"password": "app"}}},
+      "redis": {"cluster": {"enabled": True}, "auth": {"existingSecretPasswordKey": "pw"}}},
+     {f"{FULL}-redis": ["pw"]}),
+])
+def test_the_generator_job_exists_exactly_when_a_password_is_missing(values, expected):
+    objects = render(values, auth=False)
+    assert generated_secrets(objects) == expected
+    rbac = [o for o in objects if o["kind"] in {"ServiceAccount", "Role", "RoleBinding", "NetworkPolicy"}
+            and o["metadata"]["name"] == f"{FULL}-generated-secrets"]
+    assert len(rbac) == (4 if expected else 0)
+    assert not set(expected) & set(secret_data(objects))
 
 
 def test_existing_secrets_are_used_and_nothing_is_rendered_for_them():
@@ -1452,11 +1538,11 @@ def test_server_tls_mounts_the_certificate_and_probes_the_port():
         assert volume == {"name": "grpc-tls", "secret": {
             "secretName": cert["spec"]["secretName"], "defaultMode": 0o440,
             "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]}}, where
-        # The kubelet's gRPC probes speak no TLS: the port is probed instead.
-        port = GRPC_SERVERS[pod_labels(w)["app.kubernetes.io/component"]]
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert set(c[probe]) - {"periodSeconds", "failureThreshold"} == {"tcpSocket"}, (where, probe)
-            assert c[probe]["tcpSocket"] == {"port": port}, (where, probe)
+        # The kubelet's gRPC probes speak no TLS: they ask the plaintext health-only port.
+        assert env["HEALTH_ADDR"] == "[::]:50059", where
+        assert c["readinessProbe"]["grpc"] == {"port": 50059}, where
+        for probe in ("startupProbe", "livenessProbe"):
+            assert c[probe]["grpc"] == {"port": 50059, "service": "liveness"}, (where, probe)
         # Init containers are clients: no server certificate there.
         for init in pod_spec(w).get("initContainers", []):
             assert TLS_MOUNT not in init.get("volumeMounts", []), where
@@ -1631,10 +1717,11 @@ def test_grpc_servers_bind_every_family_and_wait_before_stopping():
     assert env_of(find(v4, "Deployment", f"{FULL}-api"))["LISTEN_ADDR"]["value"] == "0.0.0.0:50051"
 
 
-def test_only_chaos_gets_a_service_account_token():
-    objects = render(DEMO, auth=False)
+@pytest.mark.parametrize("name", ["demo", "generated"])
+def test_only_chaos_and_the_secret_generator_get_a_service_account_token(name):
+    objects = render(VALUE_SETS[name], auth=False)
     for o in (o for o in objects if o["kind"] in WORKLOADS):
-        expected = o["metadata"]["labels"]["app.kubernetes.io/component"] == "chaos"
+        expected = o["metadata"]["labels"]["app.kubernetes.io/component"] in {"chaos", "generated-secrets"}
         assert pod_spec(o).get("automountServiceAccountToken") is expected, o["metadata"]["name"]
 
 

@@ -190,9 +190,27 @@ async fn a_malformed_entry_is_set_aside_and_its_archived_record_applied() {
 async fn sigterm_stops_every_service_with_exit_code_zero() {
     let sys = System::start().await;
     let mut p = sys.pipeline(&["consumer0"], &[]).await;
+    let mut history = sys.history("history-a", &[]);
+    history.start_ready().await;
     let mut simulator = sys.simulator(&p.api, &[("RIDES_PER_SECOND", "50")]);
     simulator.start_ready().await;
     p.consumers[0].wait_counted(20).await;
+
+    // Under load: it finishes the batch Redis delivered and leaves the group with nothing
+    // pending.
+    let status = history.terminate().await;
+    assert!(status.success(), "history exited with {status:?}");
+    let members: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(rocket_rides_tests::stream(0))
+        .arg("history")
+        .query_async(&mut sys.redis.connection().await)
+        .await
+        .unwrap();
+    assert!(
+        members.is_empty(),
+        "history-a is still a member: {members:?}"
+    );
 
     let status = simulator.terminate().await;
     assert!(status.success(), "simulator exited with {status:?}");

@@ -72,6 +72,27 @@ helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+
 {{- .Values.postgresql.auth.existingSecret | default (printf "%s-postgresql" (include "rr.fullname" .)) }}
 {{- end }}
 
+{{/* The Secrets the chart generates in the cluster (the generatedSecrets Job), as a JSON list
+of {name, component, keys}: the bundled Postgres's when neither its passwords nor an
+existingSecret are given, the bundled Redis's likewise. Same names and keys as the Secrets the
+chart renders from given passwords, so every secretKeyRef is the same either way. */}}
+{{- define "rr.generatedSecrets" -}}
+{{- $out := list -}}
+{{- $pg := .Values.postgresql.auth -}}
+{{- if and .Values.postgresql.enabled (not $pg.existingSecret) }}
+{{- if and (not $pg.password) (not $pg.postgresPassword) }}
+{{- $out = append $out (dict "name" (include "rr.postgresSecret" .) "component" "postgresql" "keys" (list $pg.secretKeys.password $pg.secretKeys.postgresPassword)) -}}
+{{- else if not (and $pg.password $pg.postgresPassword) }}
+{{- fail "set both postgresql.auth.password and postgresql.auth.postgresPassword, or neither (the chart then generates both in the cluster, once), or name a Secret you manage in postgresql.auth.existingSecret" }}
+{{- end }}
+{{- end }}
+{{- $redis := .Values.redis.auth -}}
+{{- if and .Values.redis.enabled $redis.enabled (not $redis.existingSecret) (not $redis.password) }}
+{{- $out = append $out (dict "name" (include "rr.redisSecret" .) "component" (ternary "redis-cluster" "redis" .Values.redis.cluster.enabled) "keys" (list $redis.existingSecretPasswordKey)) -}}
+{{- end }}
+{{- toJson $out -}}
+{{- end }}
+
 {{/* DATABASE_URL (and, for the bundled Postgres, PGPASSWORD: sqlx, like libpq, takes the
 password from it when the URL has none, so any character may be in it). */}}
 {{- define "rr.databaseUrlEnv" -}}
@@ -282,8 +303,10 @@ probe gives a slow start (a migration, Postgres coming up) 5 minutes before live
 (dict "port" <port> "tls" <"true" or "">): kubelet's gRPC probes speak no TLS, so a server that
 serves TLS gets tcpSocket probes on the same port (the port is open, not that it is SERVING). */}}
 {{- define "rr.grpcProbes" -}}
-{{- $check := ternary (dict "tcpSocket" (dict "port" .port)) (dict "grpc" (dict "port" .port)) (not (empty .tls)) -}}
-{{- $live := ternary $check (dict "grpc" (dict "port" .port "service" "liveness")) (not (empty .tls)) -}}
+{{- /* With server TLS the kubelet probes the plaintext health-only port (HEALTH_ADDR). */ -}}
+{{- $port := ternary .healthPort .port (not (empty .tls)) -}}
+{{- $check := dict "grpc" (dict "port" $port) -}}
+{{- $live := dict "grpc" (dict "port" $port "service" "liveness") -}}
 startupProbe:
   {{- toYaml $live | nindent 2 }}
   periodSeconds: 5
@@ -296,6 +319,14 @@ livenessProbe:
   {{- toYaml $live | nindent 2 }}
   periodSeconds: 10
   failureThreshold: 3
+{{- end }}
+
+{{/* The container port "health" (plaintext, health alone), when server TLS is on. */}}
+{{- define "rr.healthContainerPort" -}}
+{{- if include "rr.serverTls" . }}
+- name: health
+  containerPort: {{ .Values.tls.server.healthPort }}
+{{- end }}
 {{- end }}
 
 {{/* The container port "metrics", when metrics are on. */}}
@@ -373,7 +404,7 @@ affinity:
 {{- end }}
 {{- end }}
 
-{{/* What every pod of ours shares: no service account token (only chaos calls the API), the
+{{/* What every pod of ours shares: no service account token (only chaos and the generated-secrets Job call the API), the
 scheduling values, and, for replicated workloads, a spread over topologySpread.topologyKey.
 Call with (dict "ctx" $ "component" ... ["group" ...] ["spread" true]). */}}
 {{- define "rr.podCommon" -}}
@@ -476,6 +507,8 @@ certificates), when one is given. */}}
   value: {{ include "rr.serverTlsDir" . }}/tls.crt
 - name: TLS_KEY_FILE
   value: {{ include "rr.serverTlsDir" . }}/tls.key
+- name: HEALTH_ADDR
+  value: {{ include "rr.listenAddr" (list . .Values.tls.server.healthPort) | quote }}
 {{- end }}
 {{- end }}
 

@@ -42,6 +42,16 @@ impl fmt::Display for Mode {
     }
 }
 
+/// `NAMESPACE`, else the pod's own (its service account's), if either is known.
+pub fn namespace(vars: &Vars) -> Option<String> {
+    vars.get("NAMESPACE").map(String::from).or_else(|| {
+        std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE)
+            .ok()
+            .map(|ns| ns.trim().to_string())
+            .filter(|ns| !ns.is_empty())
+    })
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// `NAMESPACE`, else the pod's own, else the client's default.
@@ -86,12 +96,7 @@ impl Settings {
             ));
         }
         Ok(Self {
-            namespace: vars.get("NAMESPACE").map(String::from).or_else(|| {
-                std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE)
-                    .ok()
-                    .map(|ns| ns.trim().to_string())
-                    .filter(|ns| !ns.is_empty())
-            }),
+            namespace: namespace(vars),
             pod_name: vars.get("POD_NAME").map(String::from),
             selector: vars
                 .get("TARGET_SELECTOR")

@@ -69,8 +69,8 @@ impl Worker {
                 Err(e) => e,
             };
             let delay = match &error {
-                // Redis lost the stream or the group: recreate it at once.
-                WorkError::Group(GroupError::Missing(_)) => Duration::ZERO,
+                // Redis lost the stream or the group: recreate it now.
+                WorkError::Group(GroupError::Missing(_)) => Duration::from_millis(100),
                 _ => backoff.next_delay(),
             };
             tracing::warn!(partition = self.partition, error = %error, retry_in = ?delay, "projecting interrupted; unacknowledged entries stay pending and are delivered again");
@@ -105,11 +105,15 @@ impl Worker {
                 self.round().await?;
                 next_round = Instant::now() + round_every;
             }
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            // Not cut short by a shutdown: what Redis delivers is projected and acknowledged
+            // before the member leaves, rather than left pending for a claim.
             let block = BLOCK.min(round_every);
-            let entries = tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                read = group::read_new(&mut self.reader, &self.stream, &self.config.instance, self.config.batch_size, block) => read?,
-            };
+            let (member, count) = (&self.config.instance, self.config.batch_size);
+            let entries =
+                group::read_new(&mut self.reader, &self.stream, member, count, block).await?;
             backoff.reset();
             if !entries.is_empty() {
                 self.metrics.deliveries.increment(entries.len() as u64);
