@@ -352,7 +352,7 @@ fn consumer_lag(sys: &System, name: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_log_tool_tails_reads_and_shows_consumers_on_a_running_system() {
-    let sys = System::start().await;
+    let mut sys = System::start().await;
     let mut p = sys.pipeline(&["consumer0"], &[]).await;
     let _members = start_members(&sys, &["history-a"], &[]).await;
     assert_eq!(p.api.load(20, 2).await, 20);
@@ -377,24 +377,31 @@ async fn the_log_tool_tails_reads_and_shows_consumers_on_a_running_system() {
         })
     };
     let created = Instant::now();
-    let id = p.api.create(42.5).await.unwrap().ride_id;
-    let needle = format!("ride {id} 42.5 m");
-    wait_until(
-        "tail to print the new ride",
-        Duration::from_secs(10),
-        || async {
-            let lines = lines.lock().unwrap();
-            match lines.iter().any(|l| l.contains(&needle)) {
-                true => Ok(()),
-                false => Err((lines.clone(), std::fs::read_to_string(&errors))),
+    let printed = |id: i64, distance: &str| {
+        let needle = format!("ride {id} {distance} m");
+        let (lines, errors) = (&lines, &errors);
+        wait_until("tail to print the new ride", CAUGHT_UP, move || {
+            let needle = needle.clone();
+            async move {
+                let lines = lines.lock().unwrap();
+                match lines.iter().any(|l| l.contains(&needle)) {
+                    true => Ok(()),
+                    false => Err((lines.clone(), std::fs::read_to_string(errors))),
+                }
             }
-        },
-    )
-    .await;
+        })
+    };
+    let id = p.api.create(42.5).await.unwrap().ride_id;
+    printed(id, "42.5").await;
     eprintln!(
         "tail printed ride {id} {:?} after CreateRide",
         created.elapsed()
     );
+    // A Redis restart is waited out: tail goes on where it was.
+    sys.redis.kill().await;
+    sys.redis.restart().await;
+    let id = p.api.create(7.25).await.unwrap().ride_id;
+    printed(id, "7.25").await;
     tail.kill().unwrap();
     tail.wait().unwrap();
     reader.join().unwrap();
@@ -413,9 +420,10 @@ async fn the_log_tool_tails_reads_and_shows_consumers_on_a_running_system() {
     assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
     let out = sys.log_tool(&["--json", "info"]).output().unwrap();
     let info = json(&String::from_utf8_lossy(&out.stdout));
-    assert_eq!(info["partitions"][0]["last_seq"], 21, "{info}");
+    assert_eq!(info["partitions"][0]["last_seq"], 22, "{info}");
 
     // consumers: a stopped consumer's lag rises with every ride; the group is listed.
+    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
     assert_eq!(consumer_lag(&sys, "consumer0"), 0);
     p.consumers[0].terminate().await;
     assert_eq!(p.api.load(7, 1).await, 7);

@@ -1,6 +1,7 @@
 //! `tail`: follows partitions live. One blocking XREAD per partition, each on its own
 //! connection (a Redis Cluster keeps partitions in different slots, where one XREAD over all
-//! of them would be refused), merged into one output in arrival order.
+//! of them would be refused), merged into one output in arrival order. A Redis outage or
+//! failover is waited out: each partition goes on from the last entry it printed.
 
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use tokio::sync::mpsc;
 use crate::{Log, print::Printer};
 
 const BLOCK: Duration = Duration::from_secs(2);
+const RETRY: Duration = Duration::from_secs(1);
 
 pub async fn run(
     log: &Log,
@@ -42,9 +44,14 @@ pub async fn run(
                     .arg(after)
                     .query_async(&mut redis)
                     .await;
-                let entries = read
-                    .with_context(|| format!("reading {key:?}"))
-                    .and_then(|reply| Ok(Entry::from_read(reply)?));
+                let entries = match read {
+                    Ok(reply) => Entry::from_read(reply).map_err(anyhow::Error::from),
+                    Err(e) => {
+                        eprintln!("rocket-rides-log: reading {key:?}: {e}; retrying");
+                        tokio::time::sleep(RETRY).await;
+                        continue;
+                    }
+                };
                 if let Ok(entries) = &entries
                     && let Some(last) = entries.last()
                 {
