@@ -109,6 +109,7 @@ async fn project_all(config: Config, pool: PgPool, sound: Soundness, cancel: Can
             reader,
             redis,
             metrics: metrics.clone(),
+            gauges: metrics.partition(p),
         };
         tasks.spawn(worker.run(cancel.clone()));
     }

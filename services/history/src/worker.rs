@@ -24,7 +24,7 @@ use tracing::Instrument;
 use crate::{
     Config,
     group::{self, DeadLetter, GroupError},
-    metrics::Metrics,
+    metrics::{Metrics, PartitionGauges},
     project,
 };
 
@@ -58,6 +58,8 @@ pub struct Worker {
     pub reader: RedisConnection,
     pub redis: RedisConnection,
     pub metrics: Metrics,
+    /// The partition's gauges, looked up once.
+    pub gauges: PartitionGauges,
 }
 
 impl Worker {
@@ -125,12 +127,12 @@ impl Worker {
     /// The periodic part: claim, project what the stream lost, forget the long gone, measure.
     async fn round(&mut self) -> Result<(), WorkError> {
         let Config {
-            instance,
             claim_idle,
             batch_size,
             member_expiry,
             ..
-        } = self.config.clone();
+        } = self.config;
+        let instance = self.config.instance.clone();
         let claimed = group::claim(
             &mut self.redis,
             &self.stream,
@@ -180,7 +182,7 @@ impl Worker {
         let Some(info) = group::info(&mut self.redis, &self.stream).await? else {
             return Err(GroupError::Missing(self.stream.clone()).into());
         };
-        let labels = &self.metrics.partition(self.partition);
+        let labels = &self.gauges;
         labels.pending.set(info.pending as f64);
         labels
             .lag_entries
@@ -313,7 +315,7 @@ impl Worker {
         metrics.projected.increment(done.len() as u64);
         metrics.batch_size.record(entries.len() as f64);
         if let Some(age) = found.values().copied().reduce(f64::max) {
-            metrics.partition(self.partition).lag_seconds.set(age);
+            self.gauges.lag_seconds.set(age);
         }
         if !failures.is_empty() {
             self.settle(failures).await?;
