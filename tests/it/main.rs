@@ -13,6 +13,8 @@ mod log;
 mod observability;
 mod partitions;
 mod pipeline;
+mod redis_full;
+mod readers;
 mod soak;
 mod startup;
 

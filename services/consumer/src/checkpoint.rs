@@ -39,7 +39,8 @@ const REGISTER: &str = "
     ON CONFLICT (stream, name, partition) DO NOTHING";
 const LOAD: &str = "
     SELECT total_distance::float8, ride_count, last_seq
-    FROM consumer_positions WHERE stream = $1 AND name = $2 AND partition = $3";
+    FROM consumer_positions
+    WHERE stream = $1 AND name = $2 AND partition = $3 AND kind = 'checkpoint'";
 /// How long an instance owns a partition without renewing (every commit, and every idle read,
 /// renews): how long the others wait for one that died.
 pub const CONSUMER_LEASE: Duration = Duration::from_secs(10);
@@ -145,8 +146,15 @@ pub async fn load(pool: &PgPool, at: Position<'_>) -> Result<Checkpoint, sqlx::E
         .bind(at.stream)
         .bind(at.name)
         .bind(at.partition)
-        .fetch_one(pool)
-        .await?;
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| {
+            sqlx::Error::Protocol(format!(
+                "CONSUMER_NAME={:?} is already the name of a consumer group of {:?}: give the \
+                 consumer a name of its own",
+                at.name, at.stream
+            ))
+        })?;
     Ok(Checkpoint {
         total_distance,
         ride_count,

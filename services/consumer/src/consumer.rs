@@ -13,6 +13,10 @@ use std::{
 use redis::streams::StreamReadReply;
 use rocket_rides_log::{
     Entry, LogRecord, StreamId, archive,
+    reader::{
+        Halt, LogIdentity,
+        plan::{self, Plan},
+    },
     stream::{self, BadStreamId, dead_letter_stream},
 };
 use rocket_rides_platform::{
@@ -31,7 +35,6 @@ use crate::{
     Config,
     checkpoint::{self, Batch, Checkpoint, Commit, Position},
     metrics::Metrics,
-    plan::{self, Halt, Plan},
 };
 
 /// How long one XREAD waits for new entries.
@@ -145,13 +148,8 @@ impl Consumer {
         halted: &mut Option<(Halt, Instant, Raised)>,
     ) -> Result<Stop, ConsumeError> {
         let Config { stream, name, .. } = &self.config;
-        if let (_, Some(log), _) = archive::log(&self.pool).await?
-            && log != *stream
-        {
-            return Ok(Stop::Halt(Halt::StreamName {
-                log,
-                configured: stream.clone(),
-            }));
+        if let Err(halt) = LogIdentity::read(&self.pool).await?.check_stream(stream) {
+            return Ok(Stop::Halt(halt));
         }
         if !self.assigned() {
             return Ok(Stop::NotOurs);

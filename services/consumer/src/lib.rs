@@ -7,7 +7,6 @@ pub mod config;
 mod consumer;
 mod metrics;
 mod partitions;
-mod plan;
 mod service;
 
 use std::time::Duration;

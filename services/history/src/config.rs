@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use rocket_rides_log::stream::DEFAULT_STREAM;
+use rocket_rides_log::{reader::group_reader::GroupConfig, stream::DEFAULT_STREAM};
 use rocket_rides_platform::{
     Error,
     config::{Common, ServiceConfig, Vars, all_interfaces, host_name},
@@ -62,6 +62,21 @@ impl Config {
             member_expiry: vars.duration("MEMBER_EXPIRY", Duration::from_secs(3600))?,
             batch_size: vars.positive("BATCH_SIZE", 500)?,
         })
+    }
+}
+
+impl Config {
+    /// How this process works as a member of the group `history`.
+    pub fn group(&self) -> GroupConfig {
+        GroupConfig {
+            group: GROUP.to_string(),
+            stream: self.stream.clone(),
+            instance: self.instance.clone(),
+            claim_idle: self.claim_idle,
+            max_deliveries: self.max_deliveries,
+            member_expiry: self.member_expiry,
+            batch_size: self.batch_size,
+        }
     }
 }
 

@@ -4,19 +4,18 @@
 //! shares the entries out among them, and the others claim what a dead one left pending.
 
 pub mod config;
-mod group;
-mod metrics;
 mod project;
 mod service;
-mod worker;
 
 use std::time::Duration;
 
-use rocket_rides_log::{archive, partition};
+use rocket_rides_log::{
+    partition,
+    reader::group_reader::{self, GroupMetrics, GroupReader},
+};
 use rocket_rides_platform::{
     Error, grpc,
     health::{Dependency, Soundness},
-    retry::Backoff,
     runner::Runner,
     shutdown::CancellationToken,
 };
@@ -25,7 +24,7 @@ use sqlx::PgPool;
 use tokio::{net::TcpListener, task::JoinSet};
 
 pub use crate::config::Config;
-use crate::{metrics::Metrics, worker::Worker};
+use crate::project::Projector;
 
 /// The binary's name, as logs and traces show it.
 pub const NAME: &str = "rocket-rides-history";
@@ -73,45 +72,33 @@ pub async fn run(
     result
 }
 
-/// Learns the log's partitions and identity, then runs a worker per partition until `cancel`.
+/// Learns the log's partitions, then runs a member per partition until `cancel`.
 async fn project_all(config: Config, pool: PgPool, sound: Soundness, cancel: CancellationToken) {
     let Some(partitions) = partition::expected(&pool, config.partitions, &sound, &cancel).await
     else {
         return;
     };
-    let mut backoff = Backoff::default();
-    let log_id = loop {
-        match archive::log(&pool).await {
-            Ok((log_id, ..)) => break log_id,
-            Err(e) => tracing::warn!(error = %e, "cannot read the log's identity yet; retrying"),
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-        }
-    };
-    let metrics = Metrics::register();
+    let metrics = GroupMetrics::register("history");
     let mut tasks = JoinSet::new();
     for p in 0..partitions {
-        let (reader, redis) = match config.redis.connect_reader(worker::BLOCK) {
+        let (reader, redis) = match config.redis.connect_reader(group_reader::BLOCK) {
             Ok(connections) => connections,
             Err(e) => {
                 tracing::error!(error = %e, "cannot connect to Redis");
                 return;
             }
         };
-        let worker = Worker {
-            config: config.clone(),
+        let member = GroupReader {
+            config: config.group(),
             partition: p,
-            stream: partition::stream_key(&config.stream, p),
-            log_id: log_id.clone(),
             pool: pool.clone(),
             reader,
             redis,
             metrics: metrics.clone(),
-            gauges: metrics.partition(p),
+            sound: sound.clone(),
+            project: Projector { pool: pool.clone() },
         };
-        tasks.spawn(worker.run(cancel.clone()));
+        tasks.spawn(member.run(cancel.clone()));
     }
     tracing::info!(partitions, member = %config.instance, "projecting every partition as a member of its consumer group");
     while tasks.join_next().await.is_some() {}

@@ -3,8 +3,19 @@
 
 use std::collections::HashMap;
 
-use rocket_rides_log::LogRecord;
-use sqlx::PgExecutor;
+use rocket_rides_log::{LogRecord, reader::group_reader::Project};
+use sqlx::{PgExecutor, PgPool};
+
+/// The history's part in its consumer group: projecting records into `ride_history`.
+pub struct Projector {
+    pub pool: PgPool,
+}
+
+impl Project for Projector {
+    async fn project(&self, records: &[&LogRecord]) -> Result<HashMap<i64, f64>, sqlx::Error> {
+        project(&self.pool, records).await
+    }
+}
 
 /// Upserts a batch of records, each joined with its ride (the rider and creation time live
 /// there), and returns, per ride found, how long ago it was created. A record of a later epoch

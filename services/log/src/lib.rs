@@ -7,6 +7,7 @@
 pub mod archive;
 pub mod membership;
 pub mod partition;
+pub mod reader;
 pub mod record;
 pub mod schema;
 pub mod sql;

@@ -1,14 +1,9 @@
-//! Deciding what a batch does to a consumer, before touching the database. Pure, so the rules
-//! are tested here without Redis or Postgres.
-//!
-//! The archive in Postgres decides what the log holds; the stream is how records arrive fast.
-//! A consumer applies the records after its checkpoint, in order, only where the stream's entry
-//! is the archived record (same log, epoch, seq, ride and distance). Records the stream no
-//! longer holds (trimmed, or a consumer added late) come from the archive. An entry that
-//! differs from the archive, or a record neither has, stops the consumer: applying or skipping
-//! on seq alone could make its total silently wrong.
+//! What a batch does to a reader that reads a partition in order from its position (a
+//! checkpointed consumer), before touching the database. Pure, so the rules (see the module
+//! above) are tested here without Redis or Postgres.
 
-use rocket_rides_log::{Entry, LogRecord, RecordError, StreamId};
+use super::{Halt, Verdict, check};
+use crate::{Entry, LogRecord, RecordError, StreamId};
 
 /// What a batch does, given the seq last applied.
 #[derive(Debug, Default, PartialEq)]
@@ -17,40 +12,21 @@ pub struct Plan {
     pub apply: Vec<LogRecord>,
     /// Entries that are not valid records: set aside; their archived record is applied.
     pub malformed: Vec<(StreamId, RecordError)>,
-    /// Why the consumer must stop after applying `apply`, if it must.
+    /// Why the reader must stop after applying `apply`, if it must.
     pub halt: Option<Halt>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Halt {
-    #[error(
-        "record {expected} is in neither the stream nor the archive (pruned after LOG_RETENTION?)"
-    )]
-    Gap { expected: i64 },
-    #[error("stream entry {seq} is not the archived record: {reason}")]
-    Diverged { seq: i64, reason: String },
-    #[error(
-        "the stream ends at seq {stream_top}, before this consumer's checkpoint {checkpoint}: \
-         Redis lost entries; run `rocket-rides-streamer republish`"
-    )]
-    RedisBehind { stream_top: i64, checkpoint: i64 },
-    #[error(
-        "this database's log streams to {log:?} but STREAM_NAME is {configured:?}; set \
-         STREAM_NAME={log:?} (a log has one stream)"
-    )]
-    StreamName { log: String, configured: String },
-}
-
 /// Plans the records after `last_seq` from the stream's `entries` (in stream order, all after
-/// the checkpoint) and the `archived` records from `last_seq + 1` on, which are every record
+/// the position) and the `archived` records from `last_seq + 1` on, which are every record
 /// the archive holds up to `archived_upto`.
 pub fn plan(last_seq: i64, entries: &[Entry], archived: &[LogRecord], archived_upto: i64) -> Plan {
     let mut plan = Plan::default();
     let mut archived = archived.iter().peekable();
     let mut next = last_seq + 1;
-    // The archive's record for `next`; None when the page read ends before it.
+    // The archive's record for `next`: Ok(None) when the page read ends before it, Err when
+    // the archive should hold it and does not.
     let mut take = |next: i64| match archived.next_if(|r| r.seq == next) {
-        Some(record) => Ok(Some(record.clone())),
+        Some(record) => Ok(Some(record)),
         None if next > archived_upto => Ok(None),
         None => Err(()),
     };
@@ -59,14 +35,14 @@ pub fn plan(last_seq: i64, entries: &[Entry], archived: &[LogRecord], archived_u
         if seq < next {
             plan.halt = Some(Halt::Diverged {
                 seq,
-                reason: format!("it is at or before the checkpoint {}", next - 1),
+                reason: format!("it is at or before the position {}", next - 1),
             });
             return plan;
         }
         // Entries the stream no longer holds: from the archive.
         while next < seq {
             match take(next) {
-                Ok(Some(record)) => plan.apply.push(record),
+                Ok(Some(record)) => plan.apply.push(record.clone()),
                 Ok(None) => return plan,
                 Err(()) => {
                     plan.halt = Some(Halt::Gap { expected: next });
@@ -76,46 +52,37 @@ pub fn plan(last_seq: i64, entries: &[Entry], archived: &[LogRecord], archived_u
             next += 1;
         }
         let kept = match take(next) {
-            Ok(Some(kept)) => kept,
+            Ok(Some(kept)) => Some(kept),
             // The page read ends here: what was checked is applied; the next read goes on.
             Ok(None) => return plan,
-            Err(()) => {
-                plan.halt = Some(Halt::Diverged {
-                    seq,
-                    reason: "the archive has no such record (was Postgres restored?)".into(),
-                });
-                return plan;
-            }
+            Err(()) => None,
         };
-        match &entry.record {
-            Err(e) => {
-                plan.malformed.push((entry.id, e.clone()));
-                plan.apply.push(kept);
+        match check(entry, kept) {
+            Verdict::Apply(record) => plan.apply.push(record),
+            Verdict::SetAside(record, e) => {
+                plan.malformed.push((entry.id, e));
+                plan.apply.push(record);
             }
-            Ok(record) if record.same_as(&kept) => plan.apply.push(LogRecord {
-                trace: record.trace.clone(),
-                ..kept
-            }),
-            Ok(record) => {
-                plan.halt = Some(Halt::Diverged {
-                    seq,
-                    reason: format!(
-                        "the stream has {}, the archive {}",
-                        record.describe(),
-                        kept.describe()
-                    ),
-                });
+            Verdict::Diverged(reason) => {
+                plan.halt = Some(Halt::Diverged { seq, reason });
                 return plan;
             }
         }
         next += 1;
     }
-    // Nothing more in the stream: whatever else the archive holds is applied from there.
-    while let Ok(Some(record)) = take(next) {
-        plan.apply.push(record);
+    // Nothing more in the stream: whatever else the archive holds is applied from there; a
+    // record it should hold and does not is a gap, even with the stream empty.
+    loop {
+        match take(next) {
+            Ok(Some(record)) => plan.apply.push(record.clone()),
+            Ok(None) => return plan,
+            Err(()) => {
+                plan.halt = Some(Halt::Gap { expected: next });
+                return plan;
+            }
+        }
         next += 1;
     }
-    plan
 }
 
 impl Plan {
@@ -233,6 +200,20 @@ mod tests {
         assert_eq!(seqs(&p), [1, 2, 3]);
         assert_eq!(p.malformed.len(), 1);
         assert_eq!(p.halt, None);
+    }
+
+    #[test]
+    fn an_empty_stream_over_a_pruned_archive_is_a_gap() {
+        // The stream holds nothing after the position and the archive starts later: the
+        // records between are gone, which must halt rather than wait for the next entry.
+        let archive: Vec<_> = (5..=6).map(record).collect();
+        let p = plan(2, &[], &archive, 6);
+        assert_eq!(
+            (seqs(&p), p.halt),
+            (vec![], Some(Halt::Gap { expected: 3 }))
+        );
+        let p = plan(2, &[], &[], 6);
+        assert_eq!(p.halt, Some(Halt::Gap { expected: 3 }));
     }
 
     #[test]

@@ -1,0 +1,233 @@
+//! The fault-by-reader matrix: every kind of reader (checkpointed consumers and the history's
+//! consumer group together) under each fault ends exact after the documented repair, or halts
+//! loudly (NOT_SERVING, a gauge) until it. Never SERVING and wrong.
+
+use rocket_rides_tests::{History, Kind, Service, ServingStatus, System, stream, wait_until};
+
+use crate::CAUGHT_UP;
+
+fn history_env() -> Vec<(&'static str, &'static str)> {
+    vec![("CLAIM_IDLE", "2"), ("BATCH_SIZE", "20")]
+}
+
+/// Waits until the read model holds every ride exactly as `rides` has it.
+async fn wait_history_exact(sys: &System) {
+    wait_until(
+        "the read model to hold every ride as Postgres does",
+        CAUGHT_UP,
+        || async { history_difference(sys).await },
+    )
+    .await;
+}
+
+async fn history_difference(sys: &System) -> Result<(), String> {
+    let (missing, extra): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM rides r WHERE NOT EXISTS
+                    (SELECT 1 FROM ride_history h WHERE h.ride_id = r.id
+                     AND h.distance = r.distance AND h.rider_id IS NOT DISTINCT FROM r.rider_id)),
+                (SELECT count(*) FROM ride_history h WHERE NOT EXISTS
+                    (SELECT 1 FROM rides r WHERE r.id = h.ride_id AND r.distance = h.distance))",
+    )
+    .fetch_one(&sys.db)
+    .await
+    .map_err(|e| e.to_string())?;
+    match (missing, extra) {
+        (0, 0) => Ok(()),
+        _ => Err(format!(
+            "{missing} rides missing from the history, {extra} unknown"
+        )),
+    }
+}
+
+/// Waits until `service` says by `metric` that it halted, and is NOT_SERVING.
+async fn halted<K: Kind>(service: &Service<K>, metric: &str, labels: &[(&str, &str)]) {
+    service
+        .wait_metrics(&format!("{} to halt", service.name()), |m| {
+            match m.get(metric, labels) {
+                Some(1.0) => Ok(()),
+                other => Err(format!("{metric} = {other:?}")),
+            }
+        })
+        .await;
+    service.wait_until_status(ServingStatus::NotServing).await;
+}
+
+async fn history_halted(member: &History) {
+    halted(member, "history_halted", &[("partition", "0")]).await;
+}
+
+/// The group's durable position in partition 0.
+async fn group_position(sys: &System) -> i64 {
+    sqlx::query_scalar(
+        "SELECT last_seq FROM consumer_positions
+         WHERE name = 'history' AND kind = 'group' AND partition = 0",
+    )
+    .fetch_one(&sys.db)
+    .await
+    .unwrap()
+}
+
+fn repair(sys: &System, command: &str) {
+    let out = sys.repair(command);
+    assert!(
+        out.status.success(),
+        "{command} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_wiped_while_the_readers_are_away_then_republished() {
+    let mut sys = System::start().await;
+    let mut p = sys.pipeline(&["consumer0"], &[]).await;
+    let mut member = sys.history("history-a", &history_env());
+    member.start_ready().await;
+    assert_eq!(p.api.load(100, 4).await, 100);
+    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
+    wait_history_exact(&sys).await;
+
+    // Both away while 30 rides pass, then Redis loses everything, then 20 more.
+    member.terminate().await;
+    p.consumers[0].terminate().await;
+    assert_eq!(p.api.load(30, 4).await, 30);
+    sys.redis.wipe().await;
+    assert_eq!(p.api.load(20, 4).await, 20);
+    member.start();
+    p.consumers[0].start();
+    history_halted(&member).await;
+    halted(
+        &p.consumers[0],
+        "rocket_rides_consumer_gap",
+        &[("consumer", "consumer0")],
+    )
+    .await;
+    assert!(history_difference(&sys).await.is_err());
+
+    repair(&sys, "republish");
+    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
+    wait_history_exact(&sys).await;
+    member.wait_until_status(ServingStatus::Serving).await;
+    assert_eq!(sys.committed().await.rides, 150);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_restored_then_rewound_every_reader_ends_exact() {
+    let mut sys = System::start().await;
+    let p = sys.pipeline(&["consumer0"], &[]).await;
+    let mut member = sys.history("history-a", &history_env());
+    member.start_ready().await;
+    assert_eq!(p.api.load(100, 4).await, 100);
+    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
+    wait_history_exact(&sys).await;
+    let copy = sys.pg.snapshot().await;
+    assert_eq!(p.api.load(50, 4).await, 50);
+    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
+    wait_history_exact(&sys).await;
+
+    // Back in time, with the history stopped meanwhile: its group in Redis has delivered
+    // seqs Postgres no longer knows, and the same seqs go to 50 new rides.
+    member.terminate().await;
+    sys.pg.restore(&copy).await;
+    assert_eq!(p.api.load(50, 4).await, 50);
+    member.start();
+    history_halted(&member).await;
+
+    repair(&sys, "rewind");
+    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
+    wait_history_exact(&sys).await;
+    member.wait_until_status(ServingStatus::Serving).await;
+    assert_eq!(sys.committed().await.rides, 150);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_away_holds_the_stream_and_halts_at_a_hole_instead_of_skipping_it() {
+    let sys = System::start().await;
+    let env = [("STREAM_MAX_LEN", "20")];
+    let p = sys.pipeline(&["consumer0"], &env).await;
+    let mut member = sys.history("history-a", &history_env());
+    member.start_ready().await;
+    assert_eq!(p.api.load(30, 2).await, 30);
+    wait_history_exact(&sys).await;
+
+    // Shut down cleanly, the group still holds the stream: nothing it needs is trimmed.
+    member.terminate().await;
+    let position = group_position(&sys).await;
+    assert_eq!(position, 30);
+    assert_eq!(p.api.load(60, 2).await, 60);
+    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
+    let mut redis = sys.redis.connection().await;
+    let first = rocket_rides_log::stream::read_first(&mut redis, &stream(0))
+        .await
+        .unwrap();
+    assert_eq!(first, Some(31), "the stream was trimmed past the group");
+    member.start_ready().await;
+    wait_history_exact(&sys).await;
+
+    // Away again, and this time what it needs next is gone from the stream and the archive
+    // (as after CONSUMER_EXPIRY and LOG_RETENTION): it halts there and never moves over it.
+    member.terminate().await;
+    let position = group_position(&sys).await;
+    assert_eq!(p.api.load(20, 2).await, 20);
+    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
+    sqlx::query("DELETE FROM log_records WHERE partition = 0 AND seq = $1")
+        .bind(position + 1)
+        .execute(&sys.db)
+        .await
+        .unwrap();
+    let _: u64 = redis::cmd("XTRIM")
+        .arg(stream(0))
+        .arg("MAXLEN")
+        .arg(0)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    member.start();
+    history_halted(&member).await;
+    assert!(
+        member
+            .log()
+            .contains(&format!("record {} is in neither", position + 1)),
+        "{}",
+        member.log_tail(20)
+    );
+    assert_eq!(group_position(&sys).await, position);
+    assert!(member.is_running(), "a hole must not crash-loop the member");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mistyped_stream_name_halts_every_reader_and_creates_nothing() {
+    let sys = System::start().await;
+    let p = sys.pipeline(&["consumer0"], &[]).await;
+    assert_eq!(p.api.load(5, 1).await, 5);
+    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
+    let mut env = history_env();
+    env.push(("STREAM_NAME", "rocket-rides-lgo"));
+    let mut member = sys.history("history-a", &env);
+    member.start();
+    history_halted(&member).await;
+    assert!(
+        member
+            .log()
+            .contains("STREAM_NAME=\\\"rocket-rides-log\\\"")
+            || member.log().contains("STREAM_NAME=\"rocket-rides-log\""),
+        "{}",
+        member.log_tail(20)
+    );
+    let mut redis = sys.redis.connection().await;
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg("rocket-rides-lgo:{0}")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0, "a stream was created under the wrong name");
+
+    let mut consumer = sys.consumer("consumer1", &[("STREAM_NAME", "rocket-rides-lgo")]);
+    consumer.start();
+    halted(
+        &consumer,
+        "rocket_rides_consumer_gap",
+        &[("consumer", "consumer1")],
+    )
+    .await;
+}
