@@ -29,25 +29,7 @@ fn history_env() -> Vec<(&'static str, &'static str)> {
 
 /// Waits until the read model holds every ride once, as `rides` has it.
 async fn wait_history_complete(sys: &System) {
-    wait_until("the read model to hold every ride once", CAUGHT_UP, || async {
-        let (missing, extra, rows, rides): (i64, i64, i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM rides r WHERE NOT EXISTS
-                        (SELECT 1 FROM ride_history h WHERE h.ride_id = r.id
-                         AND h.distance = r.distance AND h.rider_id IS NOT DISTINCT FROM r.rider_id)),
-                    (SELECT count(*) FROM ride_history h WHERE NOT EXISTS
-                        (SELECT 1 FROM rides r WHERE r.id = h.ride_id)),
-                    (SELECT count(*) FROM ride_history),
-                    (SELECT count(*) FROM rides)",
-        )
-        .fetch_one(&sys.db)
-        .await
-        .map_err(|e| e.to_string())?;
-        match (missing, extra, rows == rides) {
-            (0, 0, true) => Ok(()),
-            _ => Err(format!("{missing} missing, {extra} unknown, {rows} rows for {rides} rides")),
-        }
-    })
-    .await;
+    sys.wait_history_exact(CAUGHT_UP).await;
 }
 
 /// Entries pending in partition 0's group, for `member` or all.

@@ -2,7 +2,7 @@
 //! consumer group together) under each fault ends exact after the documented repair, or halts
 //! loudly (NOT_SERVING, a gauge) until it. Never SERVING and wrong.
 
-use rocket_rides_tests::{History, Kind, Service, ServingStatus, System, stream, wait_until};
+use rocket_rides_tests::{History, Kind, Service, ServingStatus, System, stream};
 
 use crate::CAUGHT_UP;
 
@@ -10,33 +10,8 @@ fn history_env() -> Vec<(&'static str, &'static str)> {
     vec![("CLAIM_IDLE", "2"), ("BATCH_SIZE", "20")]
 }
 
-/// Waits until the read model holds every ride exactly as `rides` has it.
 async fn wait_history_exact(sys: &System) {
-    wait_until(
-        "the read model to hold every ride as Postgres does",
-        CAUGHT_UP,
-        || async { history_difference(sys).await },
-    )
-    .await;
-}
-
-async fn history_difference(sys: &System) -> Result<(), String> {
-    let (missing, extra): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM rides r WHERE NOT EXISTS
-                    (SELECT 1 FROM ride_history h WHERE h.ride_id = r.id
-                     AND h.distance = r.distance AND h.rider_id IS NOT DISTINCT FROM r.rider_id)),
-                (SELECT count(*) FROM ride_history h WHERE NOT EXISTS
-                    (SELECT 1 FROM rides r WHERE r.id = h.ride_id AND r.distance = h.distance))",
-    )
-    .fetch_one(&sys.db)
-    .await
-    .map_err(|e| e.to_string())?;
-    match (missing, extra) {
-        (0, 0) => Ok(()),
-        _ => Err(format!(
-            "{missing} rides missing from the history, {extra} unknown"
-        )),
-    }
+    sys.wait_history_exact(CAUGHT_UP).await;
 }
 
 /// Waits until `service` says by `metric` that it halted, and is NOT_SERVING.
@@ -102,7 +77,7 @@ async fn redis_wiped_while_the_readers_are_away_then_republished() {
         &[("consumer", "consumer0")],
     )
     .await;
-    assert!(history_difference(&sys).await.is_err());
+    assert!(sys.history_exact().await.is_err());
 
     repair(&sys, "republish");
     sys.wait_exact(&p.consumers, CAUGHT_UP).await;

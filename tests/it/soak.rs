@@ -107,6 +107,9 @@ async fn chaos_soak_loses_nothing() {
     ];
     let mut p = sys.pipeline(&["consumer0", "consumer1"], &env).await;
     let mut second_streamer = sys.streamer("streamer-b", &env);
+    // A consumer group beside the checkpointed consumers, held to the same promise.
+    let mut history = sys.history("history-a", &[("CLAIM_IDLE", "2"), ("BATCH_SIZE", "50")]);
+    history.start_ready().await;
 
     let stop = CancellationToken::new();
     // Rides acknowledged before a restore of Postgres to an older copy may be lost with it:
@@ -122,7 +125,7 @@ async fn chaos_soak_loses_nothing() {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(seconds) {
         tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
-        match rng.random_range(0..9) {
+        match rng.random_range(0..10) {
             0 => {
                 p.api.kill().await;
                 p.api.start();
@@ -181,6 +184,11 @@ async fn chaos_soak_loses_nothing() {
                     count("Postgres restored, rewound");
                 }
             },
+            8 => {
+                history.kill().await;
+                history.start();
+                count("history SIGKILL");
+            }
             _ => {} // a quiet spell
         }
     }
@@ -197,6 +205,8 @@ async fn chaos_soak_loses_nothing() {
         consumer.wait_until_status(ServingStatus::Serving).await;
     }
     sys.wait_exact(&p.consumers, Duration::from_secs(300)).await;
+    history.wait_until_status(ServingStatus::Serving).await;
+    sys.wait_history_exact(Duration::from_secs(300)).await;
 
     // 1. Acknowledged means durable: every ride acknowledged since the last restore, and every
     // earlier one that the restored copies held.

@@ -201,6 +201,37 @@ impl System {
         }
     }
 
+    /// Waits until the history's read model holds every ride exactly as `rides` has it (no
+    /// ride missing, none unknown, same distance and rider).
+    pub async fn wait_history_exact(&self, timeout: Duration) {
+        wait_until(
+            "the read model to hold every ride as Postgres does",
+            timeout,
+            || self.history_exact(),
+        )
+        .await;
+    }
+
+    pub async fn history_exact(&self) -> Result<(), String> {
+        let (missing, extra): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM rides r WHERE NOT EXISTS
+                        (SELECT 1 FROM ride_history h WHERE h.ride_id = r.id
+                         AND h.distance = r.distance
+                         AND h.rider_id IS NOT DISTINCT FROM r.rider_id)),
+                    (SELECT count(*) FROM ride_history h WHERE NOT EXISTS
+                        (SELECT 1 FROM rides r WHERE r.id = h.ride_id))",
+        )
+        .fetch_one(&self.db)
+        .await
+        .map_err(|e| e.to_string())?;
+        match (missing, extra) {
+            (0, 0) => Ok(()),
+            _ => Err(format!(
+                "{missing} rides missing from the history, {extra} unknown"
+            )),
+        }
+    }
+
     async fn exact(&self, consumer: &Consumer) -> Result<(), String> {
         let expected = self.committed().await;
         let staged = self.staged().await;
