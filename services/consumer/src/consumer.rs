@@ -5,14 +5,12 @@
 //! (NOT_SERVING, error log, gauge); it checks again every few seconds and resumes by itself
 //! once the log is repaired.
 
-use std::{
-    collections::BTreeSet,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, time::Duration, time::Instant};
 
 use redis::streams::StreamReadReply;
 use rocket_rides_log::{
     Entry, LogRecord, StreamId, archive,
+    driver::{ErrorKind, Halting, PartitionWorker, Turn},
     reader::{
         Halt, LogIdentity,
         plan::{self, Plan},
@@ -20,7 +18,6 @@ use rocket_rides_log::{
     stream::{self, BadStreamId, dead_letter_stream},
 };
 use rocket_rides_platform::{
-    health::Soundness,
     prometheus::Raised,
     redis_conn::RedisConnection,
     retry::Backoff,
@@ -39,12 +36,9 @@ use crate::{
 
 /// How long one XREAD waits for new entries.
 pub const BLOCK: Duration = Duration::from_secs(2);
-/// How often a halted consumer checks whether the log was repaired, and repeats why it halted.
-const RECHECK: Duration = Duration::from_secs(2);
-const REMIND: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
-enum ConsumeError {
+pub enum ConsumeError {
     #[error("Postgres: {0}")]
     Postgres(#[from] sqlx::Error),
     #[error("Redis: {0}")]
@@ -63,11 +57,16 @@ enum ConsumeError {
     CheckpointChanged { memory: i64, database: i64 },
 }
 
-enum Stop {
-    Cancelled,
-    Halt(Halt),
-    /// The partition is (or is to be) another instance's.
-    NotOurs,
+impl ErrorKind for ConsumeError {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::Redis(_) => "redis",
+            Self::Protocol(_) => "protocol",
+            Self::Moved(_) => "moved",
+            Self::CheckpointChanged { .. } => "checkpoint_changed",
+        }
+    }
 }
 
 /// One partition's consumer.
@@ -82,88 +81,48 @@ pub struct Consumer {
     /// For everything else (dead letters, the stream's end).
     pub redis: RedisConnection,
     pub metrics: Metrics,
-    /// Unsound while halted: the service is then held NOT_SERVING.
-    pub sound: Soundness,
     /// The partitions the consumer's group gives this instance.
     pub mine: watch::Receiver<BTreeSet<i32>>,
 }
 
-impl Consumer {
-    pub async fn run(self, cancel: CancellationToken) {
-        let mut backoff = Backoff::default();
-        let mut halted: Option<(Halt, Instant, Raised)> = None;
-        loop {
-            let delay = match self.consume(&cancel, &mut backoff, &mut halted).await {
-                Ok(Stop::Cancelled) => return,
-                Ok(Stop::NotOurs) => {
-                    // Standing by: try again when the share-out changes, or the owner's lease
-                    // may have run out.
-                    halted.take();
-                    self.sound.set(self.partition, true);
-                    let mut mine = self.mine.clone();
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = mine.changed() => {}
-                        _ = tokio::time::sleep(RECHECK) => {}
-                    }
-                    continue;
-                }
-                Ok(Stop::Halt(halt)) => {
-                    let remind = halted
-                        .as_ref()
-                        .is_none_or(|(was, at, _)| *was != halt || at.elapsed() >= REMIND);
-                    if remind {
-                        tracing::error!(
-                            partition = self.partition,
-                            error = %halt,
-                            "stopped consuming: applying on would make the total wrong; the total \
-                             is exact up to the checkpoint. Checking again every {RECHECK:?}"
-                        );
-                        let raised = match halted.take() {
-                            Some((.., raised)) => raised,
-                            None => Raised::new(&self.metrics.gap),
-                        };
-                        halted = Some((halt, Instant::now(), raised));
-                    }
-                    self.sound.set(self.partition, false);
-                    RECHECK
-                }
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?delay, "consuming interrupted; resuming from the last committed checkpoint");
-                    delay
-                }
-            };
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
-            }
-        }
-    }
+impl PartitionWorker for Consumer {
+    type Halt = Halt;
+    type Error = ConsumeError;
 
+    async fn attempt(
+        &mut self,
+        cancel: &CancellationToken,
+        backoff: &mut Backoff,
+        halting: &mut Halting,
+    ) -> Result<Turn<Halt>, ConsumeError> {
+        self.consume(cancel, backoff, halting).await
+    }
+}
+
+impl Consumer {
     async fn consume(
         &self,
         cancel: &CancellationToken,
         backoff: &mut Backoff,
-        halted: &mut Option<(Halt, Instant, Raised)>,
-    ) -> Result<Stop, ConsumeError> {
+        halting: &mut Halting,
+    ) -> Result<Turn<Halt>, ConsumeError> {
         let Config { stream, name, .. } = &self.config;
         if let Err(halt) = LogIdentity::read(&self.pool).await?.check_stream(stream) {
-            return Ok(Stop::Halt(halt));
+            return Ok(Turn::Halt(halt));
         }
         if !self.assigned() {
-            return Ok(Stop::NotOurs);
+            return Ok(Turn::NotOurs);
         }
         let mut at = checkpoint::load(&self.pool, self.position()).await?;
         let Some(owner_epoch) = checkpoint::own(&self.pool, self.position()).await? else {
-            return Ok(Stop::NotOurs);
+            return Ok(Turn::NotOurs);
         };
         let _owned = Raised::new(&self.metrics.partitions);
         // The batch's statements run on one connection: a pooled statement costs two more
         // round trips (the pool pings a connection when it is taken and when it is given back).
         // Dropped with any error, which the pool then closes if it is broken.
         let mut db = self.pool.acquire().await?;
-        if halted.is_none() {
+        if !halting.is_halted() {
             tracing::info!(
                 partition = self.partition,
                 last_seq = at.last_seq,
@@ -178,20 +137,20 @@ impl Consumer {
                     "handing the partition over to another instance"
                 );
                 checkpoint::release(&mut db, self.position(), owner_epoch).await?;
-                return Ok(Stop::NotOurs);
+                return Ok(Turn::NotOurs);
             }
             let entries = tokio::select! {
                 _ = cancel.cancelled() => {
                     // Let another instance take over at once.
                     checkpoint::release(&mut db, self.position(), owner_epoch).await.ok();
-                    return Ok(Stop::Cancelled);
+                    return Ok(Turn::Cancelled);
                 }
                 read = self.read(at.stream_id()) => read?,
             };
             backoff.reset();
             let plan = match self.plan(&mut db, &at, &entries).await? {
                 Ok(plan) => plan,
-                Err(halt) => return Ok(Stop::Halt(halt)),
+                Err(halt) => return Ok(Turn::Halt(halt)),
             };
             if entries.is_empty() && plan.apply.is_empty() {
                 // Idle: renew the lease, and make sure Postgres still has the checkpoint this
@@ -209,12 +168,8 @@ impl Consumer {
                     });
                 }
             }
-            if plan.halt.is_none() && halted.take().is_some() {
-                tracing::info!(
-                    partition = self.partition,
-                    "the log agrees with the archive again; consuming on"
-                );
-                self.sound.set(self.partition, true);
+            if plan.halt.is_none() {
+                halting.clear();
             }
             self.set_aside(&plan).await?;
             if !plan.apply.is_empty() {
@@ -225,7 +180,7 @@ impl Consumer {
                             // Not full: let the next batch gather for a moment
                             // (BATCH_LINGER_MS).
                             tokio::select! {
-                                _ = cancel.cancelled() => return Ok(Stop::Cancelled),
+                                _ = cancel.cancelled() => return Ok(Turn::Cancelled),
                                 _ = tokio::time::sleep(self.config.linger) => {}
                             }
                         }
@@ -241,7 +196,7 @@ impl Consumer {
                 }
             }
             if let Some(halt) = plan.halt {
-                return Ok(Stop::Halt(halt));
+                return Ok(Turn::Halt(halt));
             }
         }
     }

@@ -71,7 +71,7 @@ pub async fn run(
         metrics,
         sound,
     };
-    runner.spawn_worker("consumer", partitions.run(runner.cancel()));
+    runner.spawn("consumer", partitions.run(runner.cancel()));
     let result = runner.run().await;
     pool.close().await;
     result

@@ -1,7 +1,10 @@
 //! One `Consumer` per partition of the log.
 
-use rocket_rides_log::{membership, partition};
-use rocket_rides_platform::{health::Soundness, shutdown::CancellationToken};
+use rocket_rides_log::{
+    driver::{self, Report},
+    membership, partition,
+};
+use rocket_rides_platform::{Error, health::Soundness, shutdown::CancellationToken};
 use sqlx::PgPool;
 use tokio::{sync::watch, task::JoinSet};
 
@@ -20,21 +23,15 @@ pub struct Partitions {
 
 impl Partitions {
     /// Learns the log's partition count, then consumes every partition until `cancel`.
-    pub async fn run(self, cancel: CancellationToken) {
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), Error> {
         let config = &self.config;
         let Some(partitions) =
             partition::expected(&self.pool, config.partitions, &self.sound, &cancel).await
         else {
-            return;
+            return Ok(());
         };
         // Each partition keeps a connection; a few more load checkpoints.
-        let pool = match config.postgres.pool_of(partitions as u32 + 2) {
-            Ok(pool) => pool,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot make a connection pool");
-                return;
-            }
-        };
+        let pool = config.postgres.pool_of(partitions as u32 + 2)?;
         let (share, mine) = watch::channel(Default::default());
         let mut tasks = JoinSet::new();
         tasks.spawn(membership::run(
@@ -46,13 +43,7 @@ impl Partitions {
             cancel.clone(),
         ));
         for p in 0..partitions {
-            let (reader, redis) = match config.redis.connect_reader(consumer::BLOCK) {
-                Ok(connections) => connections,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot connect to Redis");
-                    return;
-                }
-            };
+            let (reader, redis) = config.redis.connect_reader(consumer::BLOCK)?;
             let consumer = Consumer {
                 config: config.clone(),
                 partition: p,
@@ -61,10 +52,22 @@ impl Partitions {
                 reader,
                 redis,
                 metrics: self.metrics.clone(),
-                sound: self.sound.clone(),
                 mine: mine.clone(),
             };
-            tasks.spawn(consumer.run(cancel.clone()));
+            let report = Report {
+                partition: p,
+                what: "consuming",
+                sound: self.sound.clone(),
+                halted: self.metrics.gap.clone(),
+                errors: "rocket_rides_consumer_errors_total".into(),
+                labels: vec![("consumer", config.name.clone())],
+            };
+            tasks.spawn(driver::drive(
+                consumer,
+                report,
+                Some(mine.clone()),
+                cancel.clone(),
+            ));
         }
         tracing::info!(
             partitions,
@@ -73,5 +76,6 @@ impl Partitions {
         );
         while tasks.join_next().await.is_some() {}
         pool.close().await;
+        Ok(())
     }
 }

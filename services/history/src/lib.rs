@@ -10,8 +10,8 @@ mod service;
 use std::time::Duration;
 
 use rocket_rides_log::{
-    partition,
-    reader::group_reader::{self, GroupMetrics, GroupReader},
+    driver, partition,
+    reader::group_reader::{self, Connections, GroupMetrics, GroupReader},
 };
 use rocket_rides_platform::{
     Error, grpc,
@@ -63,7 +63,7 @@ pub async fn run(
         max_deliveries = config.max_deliveries,
         "history starting"
     );
-    runner.spawn_worker(
+    runner.spawn(
         "history",
         project_all(config, pool.clone(), sound, runner.cancel()),
     );
@@ -73,33 +73,32 @@ pub async fn run(
 }
 
 /// Learns the log's partitions, then runs a member per partition until `cancel`.
-async fn project_all(config: Config, pool: PgPool, sound: Soundness, cancel: CancellationToken) {
+async fn project_all(
+    config: Config,
+    pool: PgPool,
+    sound: Soundness,
+    cancel: CancellationToken,
+) -> Result<(), Error> {
     let Some(partitions) = partition::expected(&pool, config.partitions, &sound, &cancel).await
     else {
-        return;
+        return Ok(());
     };
     let metrics = GroupMetrics::register("history");
     let mut tasks = JoinSet::new();
     for p in 0..partitions {
-        let (reader, redis) = match config.redis.connect_reader(group_reader::BLOCK) {
-            Ok(connections) => connections,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot connect to Redis");
-                return;
-            }
-        };
-        let member = GroupReader {
-            config: config.group(),
-            partition: p,
-            pool: pool.clone(),
-            reader,
-            redis,
-            metrics: metrics.clone(),
-            sound: sound.clone(),
-            project: Projector { pool: pool.clone() },
-        };
-        tasks.spawn(member.run(cancel.clone()));
+        let (reader, redis) = config.redis.connect_reader(group_reader::BLOCK)?;
+        let member = GroupReader::new(
+            config.group(),
+            p,
+            pool.clone(),
+            Connections { reader, redis },
+            metrics.clone(),
+            Projector { pool: pool.clone() },
+        );
+        let report = member.report(sound.clone());
+        tasks.spawn(driver::drive(member, report, None, cancel.clone()));
     }
     tracing::info!(partitions, member = %config.instance, "projecting every partition as a member of its consumer group");
     while tasks.join_next().await.is_some() {}
+    Ok(())
 }

@@ -5,6 +5,7 @@
 //! for the contract; `rocket-rides-platform` holds only plumbing.
 
 pub mod archive;
+pub mod driver;
 pub mod membership;
 pub mod partition;
 pub mod reader;

@@ -36,13 +36,14 @@ use super::{
     group::{DeadLetter, Group, GroupError, Standing},
     position::{self, At, PositionError},
 };
-use crate::{Entry, LogRecord, StreamId, archive, stream};
+use crate::{
+    Entry, LogRecord, StreamId, archive,
+    driver::{ErrorKind, Halting, PartitionWorker, Report, Turn},
+    stream,
+};
 
 /// How long one XREADGROUP waits for new entries.
 pub const BLOCK: Duration = Duration::from_secs(2);
-/// How often a halted member checks whether the log was repaired, and repeats why it halted.
-const RECHECK: Duration = Duration::from_secs(2);
-const REMIND: Duration = Duration::from_secs(30);
 /// Archive pages when filling in what the stream lost.
 const ARCHIVE_PAGE: i64 = 1000;
 
@@ -128,14 +129,6 @@ impl GroupMetrics {
         }
     }
 
-    /// `_errors_total{kind, partition}`: failures a member retried after.
-    fn error(&self, kind: &'static str, partition: i32) {
-        let labels = [
-            ("kind", kind.to_string()),
-            ("partition", partition.to_string()),
-        ];
-        counter!(format!("{}_errors_total", self.prefix), &labels).increment(1);
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +153,7 @@ impl From<crate::stream::BadStreamId> for ReadError {
     }
 }
 
-impl ReadError {
+impl ErrorKind for ReadError {
     fn kind(&self) -> &'static str {
         match self {
             Self::Group(GroupError::Missing { .. }) => "group_missing",
@@ -170,35 +163,104 @@ impl ReadError {
             Self::Position(_) => "position",
         }
     }
-}
 
-enum Stop {
-    Cancelled,
-    Halt(Halt),
+    /// Redis lost the group, or Postgres went back: enter again now.
+    fn retry_now(&self) -> bool {
+        matches!(
+            self,
+            Self::Group(GroupError::Missing { .. })
+                | Self::Position(PositionError::WentBack { .. })
+        )
+    }
 }
 
 /// One member's work on one partition.
 pub struct GroupReader<P> {
-    pub config: GroupConfig,
-    pub partition: i32,
-    pub pool: PgPool,
+    config: GroupConfig,
+    partition: i32,
+    pool: PgPool,
     /// For the blocking XREADGROUP only.
-    pub reader: RedisConnection,
-    pub redis: RedisConnection,
-    pub metrics: GroupMetrics,
-    /// Unsound while halted: the service is then held NOT_SERVING.
-    pub sound: Soundness,
-    pub project: P,
-}
-
-/// What a member keeps between attempts.
-struct State {
+    reader: RedisConnection,
+    redis: RedisConnection,
+    metrics: GroupMetrics,
+    project: P,
     group: Group,
     gauges: PartitionGauges,
     /// The durable position this process saw last (None before its first entry).
     known: Option<i64>,
-    /// The log id of this database: an entry of another log is never projected.
-    log_id: String,
+}
+
+/// The Redis connections a member uses for one partition: one for its blocking reads, one for
+/// the rest.
+pub struct Connections {
+    pub reader: RedisConnection,
+    pub redis: RedisConnection,
+}
+
+impl<P: Project> GroupReader<P> {
+    pub fn new(
+        config: GroupConfig,
+        partition: i32,
+        pool: PgPool,
+        connections: Connections,
+        metrics: GroupMetrics,
+        project: P,
+    ) -> Self {
+        Self {
+            group: Group {
+                stream: crate::partition::stream_key(&config.stream, partition),
+                name: config.group.clone(),
+            },
+            gauges: metrics.partition(partition),
+            config,
+            partition,
+            pool,
+            reader: connections.reader,
+            redis: connections.redis,
+            metrics,
+            project,
+            known: None,
+        }
+    }
+
+    /// How the driver reports for this member: halts on `sound` and `<prefix>_halted`, errors
+    /// on `<prefix>_errors_total`.
+    pub fn report(&self, sound: Soundness) -> Report {
+        Report {
+            partition: self.partition,
+            what: "reading",
+            sound,
+            halted: self.gauges.halted.clone(),
+            errors: format!("{}_errors_total", self.metrics.prefix),
+            labels: Vec::new(),
+        }
+    }
+}
+
+impl<P: Project> PartitionWorker for GroupReader<P> {
+    type Halt = Halt;
+    type Error = ReadError;
+
+    async fn attempt(
+        &mut self,
+        cancel: &CancellationToken,
+        backoff: &mut Backoff,
+        halting: &mut Halting,
+    ) -> Result<Turn<Halt>, ReadError> {
+        self.work(cancel, backoff, halting).await
+    }
+
+    async fn stopped(&mut self) {
+        // What this member finished last counts, so the group holds the stream no longer than
+        // it must while it is away.
+        if let Err(e) = self.record_position().await {
+            tracing::debug!(error = %e, "could not record the group's position");
+        }
+        // Leave the group if nothing is pending here, so members named by pod do not pile up.
+        if let Err(e) = self.group.leave(&mut self.redis, &self.config.instance).await {
+            tracing::debug!(error = %e, "could not leave the group");
+        }
+    }
 }
 
 impl<P: Project> GroupReader<P> {
@@ -210,94 +272,22 @@ impl<P: Project> GroupReader<P> {
         }
     }
 
-    pub async fn run(mut self, cancel: CancellationToken) {
-        let mut state = State {
-            group: Group {
-                stream: crate::partition::stream_key(&self.config.stream, self.partition),
-                name: self.config.group.clone(),
-            },
-            gauges: self.metrics.partition(self.partition),
-            known: None,
-            log_id: String::new(),
-        };
-        let mut backoff = Backoff::default();
-        let mut halted: Option<(Halt, Instant)> = None;
-        loop {
-            let delay = match self
-                .work(&mut state, &cancel, &mut backoff, &mut halted)
-                .await
-            {
-                Ok(Stop::Cancelled) => break,
-                Ok(Stop::Halt(halt)) => {
-                    let remind = halted
-                        .as_ref()
-                        .is_none_or(|(was, at)| *was != halt || at.elapsed() >= REMIND);
-                    if remind {
-                        tracing::error!(
-                            partition = self.partition,
-                            group = %self.config.group,
-                            error = %halt,
-                            "stopped reading: going on would leave the group's work wrong. \
-                             Checking again every {RECHECK:?}"
-                        );
-                        halted = Some((halt, Instant::now()));
-                    }
-                    state.gauges.halted.set(1.0);
-                    self.sound.set(self.partition, false);
-                    RECHECK
-                }
-                Err(e) => {
-                    self.metrics.error(e.kind(), self.partition);
-                    let delay = match &e {
-                        // Redis lost the group, or Postgres went back: enter again now.
-                        ReadError::Group(GroupError::Missing { .. })
-                        | ReadError::Position(PositionError::WentBack { .. }) => {
-                            Duration::from_millis(100)
-                        }
-                        _ => backoff.next_delay(),
-                    };
-                    tracing::warn!(partition = self.partition, error = %e, retry_in = ?delay, "reading interrupted; unacknowledged entries stay pending and are delivered again");
-                    delay
-                }
-            };
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(delay) => {}
-            }
-        }
-        // What this member finished last counts, so the group holds the stream no longer than
-        // it must while it is away.
-        if let Err(e) = self.record_position(&mut state).await {
-            tracing::debug!(error = %e, "could not record the group's position");
-        }
-        // Leave the group if nothing is pending here, so members named by pod do not pile up.
-        if let Err(e) = state
-            .group
-            .leave(&mut self.redis, &self.config.instance)
-            .await
-        {
-            tracing::debug!(error = %e, "could not leave the group");
-        }
-    }
-
     async fn work(
         &mut self,
-        state: &mut State,
         cancel: &CancellationToken,
         backoff: &mut Backoff,
-        halted: &mut Option<(Halt, Instant)>,
-    ) -> Result<Stop, ReadError> {
+        halting: &mut Halting,
+    ) -> Result<Turn<Halt>, ReadError> {
         let log = LogIdentity::read(&self.pool).await?;
         if let Err(halt) = log.check_stream(&self.config.stream) {
-            return Ok(Stop::Halt(halt));
+            return Ok(Turn::Halt(halt));
         }
-        state.log_id = log.log_id;
-        if let Some(halt) = self.enter(state).await? {
-            return Ok(Stop::Halt(halt));
+        if let Some(halt) = self.enter().await? {
+            return Ok(Turn::Halt(halt));
         }
         // What this member was delivered and did not acknowledge (it restarted, or halted on
         // it): checked again before anything new.
-        let own = state
+        let own = self
             .group
             .read_own(
                 &mut self.redis,
@@ -306,45 +296,38 @@ impl<P: Project> GroupReader<P> {
             )
             .await?;
         if let Some(halt) = self.deleted(&own.deleted).await? {
-            return Ok(Stop::Halt(halt));
+            return Ok(Turn::Halt(halt));
         }
-        if let Some(halt) = self.handle(state, &own.entries).await? {
-            return Ok(Stop::Halt(halt));
+        if let Some(halt) = self.handle(&own.entries).await? {
+            return Ok(Turn::Halt(halt));
         }
-        if halted.take().is_some() {
-            tracing::info!(
-                partition = self.partition,
-                "the log agrees with the archive again; reading on"
-            );
-        }
-        state.gauges.halted.set(0.0);
-        self.sound.set(self.partition, true);
+        halting.clear();
         let round_every =
             (self.config.claim_idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
         let mut next_round = Instant::now();
         loop {
             if Instant::now() >= next_round {
-                if let Some(halt) = self.round(state).await? {
-                    return Ok(Stop::Halt(halt));
+                if let Some(halt) = self.round().await? {
+                    return Ok(Turn::Halt(halt));
                 }
                 next_round = Instant::now() + round_every;
             }
             if cancel.is_cancelled() {
-                return Ok(Stop::Cancelled);
+                return Ok(Turn::Cancelled);
             }
             // Not cut short by a shutdown: what Redis delivers is projected and acknowledged
             // before the member leaves, rather than left pending for a claim.
             let block = BLOCK.min(round_every);
             let (member, count) = (&self.config.instance, self.config.batch_size);
-            let entries = state
+            let entries = self
                 .group
                 .read_new(&mut self.reader, member, count, block)
                 .await?;
             backoff.reset();
             if !entries.is_empty() {
                 self.metrics.deliveries.increment(entries.len() as u64);
-                if let Some(halt) = self.handle(state, &entries).await? {
-                    return Ok(Stop::Halt(halt));
+                if let Some(halt) = self.handle(&entries).await? {
+                    return Ok(Turn::Halt(halt));
                 }
             }
         }
@@ -352,16 +335,16 @@ impl<P: Project> GroupReader<P> {
 
     /// Puts the group where its durable position says, creating it there if Redis lost it,
     /// then fills in from the archive what the stream lost after it.
-    async fn enter(&mut self, state: &mut State) -> Result<Option<Halt>, ReadError> {
+    async fn enter(&mut self) -> Result<Option<Halt>, ReadError> {
         let durable = position::register(&self.pool, self.at()).await?;
-        let went_back = state.known.is_some_and(|known| durable < known);
-        let first_entry = state.known.is_none();
-        state.known = Some(durable);
+        let went_back = self.known.is_some_and(|known| durable < known);
+        let first_entry = self.known.is_none();
+        self.known = Some(durable);
         let at = StreamId::of_seq(durable);
-        match state.group.standing(&mut self.redis).await? {
+        match self.group.standing(&mut self.redis).await? {
             None => {
-                if state.group.create(&mut self.redis, at).await? {
-                    tracing::info!(partition = self.partition, group = %state.group.name, position = durable, "created the consumer group at its position in Postgres");
+                if self.group.create(&mut self.redis, at).await? {
+                    tracing::info!(partition = self.partition, group = %self.group.name, position = durable, "created the consumer group at its position in Postgres");
                 }
             }
             // Redis's group is ahead of Postgres: on a member's start it cannot tell whether
@@ -374,33 +357,33 @@ impl<P: Project> GroupReader<P> {
                     to = durable,
                     "moving the group back to its position in Postgres"
                 );
-                state.group.set_id(&mut self.redis, at).await?;
+                self.group.set_id(&mut self.redis, at).await?;
             }
             // Redis's group is behind (Redis restored to older data): what it lacks is done.
             Some(s) if s.last_delivered < durable => {
-                state.group.set_id(&mut self.redis, at).await?;
+                self.group.set_id(&mut self.redis, at).await?;
             }
             Some(_) => {}
         }
-        self.fill(state).await
+        self.fill().await
     }
 
     /// Projects from the archive what the stream lost after the group's last delivered entry
     /// (trimmed while the group was away past CONSUMER_EXPIRY, or lost by Redis), then moves
     /// the group past it. Halts on a record neither holds, and while the stream ends before
     /// the durable position (Redis lost entries: `republish` first). Also measures the lag.
-    async fn fill(&mut self, state: &mut State) -> Result<Option<Halt>, ReadError> {
-        let Some(standing) = state.group.standing(&mut self.redis).await? else {
+    async fn fill(&mut self) -> Result<Option<Halt>, ReadError> {
+        let Some(standing) = self.group.standing(&mut self.redis).await? else {
             return Err(GroupError::Missing {
-                stream: state.group.stream.clone(),
-                group: state.group.name.clone(),
+                stream: self.group.stream.clone(),
+                group: self.group.name.clone(),
             }
             .into());
         };
-        measure(&state.gauges, &standing);
-        let stream = &state.group.stream;
+        measure(&self.gauges, &standing);
+        let stream = &self.group.stream;
         let top = stream::last_id(&mut self.redis, stream).await?.log_seq();
-        let durable = state.known.unwrap_or(0);
+        let durable = self.known.unwrap_or(0);
         if top < durable {
             return Ok(Some(Halt::RedisBehind {
                 stream_top: top,
@@ -426,7 +409,7 @@ impl<P: Project> GroupReader<P> {
         }
         // Entries after `upto` stay deliverable; one delivered meanwhile to another member may
         // be delivered again, which projecting idempotently makes harmless.
-        state
+        self
             .group
             .set_id(&mut self.redis, StreamId::of_seq(upto))
             .await?;
@@ -462,7 +445,7 @@ impl<P: Project> GroupReader<P> {
 
     /// The periodic part: claim what others left pending, fill in what the stream lost,
     /// record the position, forget the long gone.
-    async fn round(&mut self, state: &mut State) -> Result<Option<Halt>, ReadError> {
+    async fn round(&mut self) -> Result<Option<Halt>, ReadError> {
         let GroupConfig {
             claim_idle,
             batch_size,
@@ -470,7 +453,7 @@ impl<P: Project> GroupReader<P> {
             ..
         } = self.config;
         let instance = self.config.instance.clone();
-        let claimed = state
+        let claimed = self
             .group
             .claim(&mut self.redis, &instance, claim_idle, batch_size)
             .await?;
@@ -486,15 +469,15 @@ impl<P: Project> GroupReader<P> {
             let count = claimed.entries.len() as u64;
             self.metrics.claims.increment(count);
             self.metrics.deliveries.increment(count);
-            if let Some(halt) = self.handle(state, &claimed.entries).await? {
+            if let Some(halt) = self.handle(&claimed.entries).await? {
                 return Ok(Some(halt));
             }
         }
-        if let Some(halt) = self.fill(state).await? {
+        if let Some(halt) = self.fill().await? {
             return Ok(Some(halt));
         }
-        self.record_position(state).await?;
-        for gone in state
+        self.record_position().await?;
+        for gone in self
             .group
             .forget_gone(&mut self.redis, &instance, member_expiry)
             .await?
@@ -505,13 +488,13 @@ impl<P: Project> GroupReader<P> {
     }
 
     /// Records in Postgres how far the group is done, which also says that it lives.
-    async fn record_position(&mut self, state: &mut State) -> Result<(), ReadError> {
-        let Some(known) = state.known else {
+    async fn record_position(&mut self) -> Result<(), ReadError> {
+        let Some(known) = self.known else {
             return Ok(());
         };
-        if let Some(standing) = state.group.standing(&mut self.redis).await? {
+        if let Some(standing) = self.group.standing(&mut self.redis).await? {
             let done = standing.done();
-            state.known = Some(position::advance(&self.pool, self.at(), known, done).await?);
+            self.known = Some(position::advance(&self.pool, self.at(), known, done).await?);
         }
         Ok(())
     }
@@ -543,7 +526,6 @@ impl<P: Project> GroupReader<P> {
     /// halts the member (it stays pending, and is checked again on resuming).
     async fn handle(
         &mut self,
-        state: &mut State,
         entries: &[Entry],
     ) -> Result<Option<Halt>, ReadError> {
         if entries.is_empty() {
@@ -553,8 +535,8 @@ impl<P: Project> GroupReader<P> {
             "project batch",
             otel.kind = "consumer",
             messaging.system = "redis",
-            messaging.destination.name = %state.group.stream,
-            messaging.consumer.group.name = %state.group.name,
+            messaging.destination.name = %self.group.stream,
+            messaging.consumer.group.name = %self.group.name,
             member = %self.config.instance,
             messaging.batch.message_count = entries.len(),
         );
@@ -640,20 +622,20 @@ impl<P: Project> GroupReader<P> {
             for letter in &letters {
                 tracing::error!(partition = self.partition, stream_id = %letter.id, error = %letter.reason, "unreadable entry set aside; its archived record was projected");
             }
-            state
+            self
                 .group
                 .dead_letter(&mut self.redis, &self.config.instance, &letters)
                 .await?;
             self.metrics.dead_letters.increment(letters.len() as u64);
         }
-        state.group.ack(&mut self.redis, &done).await?;
+        self.group.ack(&mut self.redis, &done).await?;
         self.metrics.projected.increment(done.len() as u64);
         self.metrics.batch_size.record(entries.len() as f64);
         if let Some(age) = found.values().copied().reduce(f64::max) {
-            state.gauges.lag_seconds.set(age);
+            self.gauges.lag_seconds.set(age);
         }
         if !failures.is_empty() {
-            self.settle(state, failures).await?;
+            self.settle(failures).await?;
         }
         Ok(halt)
     }
@@ -682,12 +664,11 @@ impl<P: Project> GroupReader<P> {
     /// for a retry.
     async fn settle(
         &mut self,
-        state: &mut State,
         mut failures: Vec<(StreamId, String)>,
     ) -> Result<(), ReadError> {
         failures.sort_by_key(|(id, _)| *id);
         let (first, last) = (failures[0].0, failures[failures.len() - 1].0);
-        let deliveries = state
+        let deliveries = self
             .group
             .deliveries(
                 &mut self.redis,
@@ -702,7 +683,7 @@ impl<P: Project> GroupReader<P> {
         for (id, reason) in &failures {
             let delivered = deliveries.get(id).copied().unwrap_or(1);
             if delivered >= max {
-                tracing::error!(partition = self.partition, stream_id = %id, deliveries = delivered, error = %reason, dead_letters = %stream::dead_letter_stream(&state.group.stream), "entry failed {delivered} deliveries; moved to the dead-letter stream");
+                tracing::error!(partition = self.partition, stream_id = %id, deliveries = delivered, error = %reason, dead_letters = %stream::dead_letter_stream(&self.group.stream), "entry failed {delivered} deliveries; moved to the dead-letter stream");
                 letters.push(DeadLetter {
                     id: *id,
                     deliveries: delivered,
@@ -713,7 +694,7 @@ impl<P: Project> GroupReader<P> {
             }
         }
         if !letters.is_empty() {
-            state
+            self
                 .group
                 .dead_letter(&mut self.redis, &self.config.instance, &letters)
                 .await?;
