@@ -2,7 +2,7 @@
 //! consumer group together) under each fault ends exact after the documented repair, or halts
 //! loudly (NOT_SERVING, a gauge) until it. Never SERVING and wrong.
 
-use rocket_rides_tests::{History, Kind, Service, ServingStatus, System, stream};
+use rocket_rides_tests::{History, Kind, Service, ServingStatus, System, stream, wait_until};
 
 use crate::CAUGHT_UP;
 
@@ -197,6 +197,18 @@ async fn a_mistyped_stream_name_halts_every_reader_and_creates_nothing() {
         .unwrap();
     assert_eq!(exists, 0, "a stream was created under the wrong name");
 
+    // The same for a partition count the log does not have.
+    let mut env = history_env();
+    env.push(("LOG_PARTITIONS", "3"));
+    let mut member = sys.history("history-b", &env);
+    member.start();
+    member.wait_until_status(ServingStatus::NotServing).await;
+    assert!(
+        member.log().contains("LOG_PARTITIONS does not match"),
+        "{}",
+        member.log_tail(20)
+    );
+
     let mut consumer = sys.consumer("consumer1", &[("STREAM_NAME", "rocket-rides-lgo")]);
     consumer.start();
     halted(
@@ -205,4 +217,142 @@ async fn a_mistyped_stream_name_halts_every_reader_and_creates_nothing() {
         &[("consumer", "consumer1")],
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_killed_between_its_commit_and_its_ack_loses_and_doubles_nothing() {
+    let mut sys = System::start().await;
+    let p = sys.pipeline(&[], &[]).await;
+    let mut member = sys.history("history-a", &history_env());
+    member.start_ready().await;
+    assert_eq!(p.api.load(10, 2).await, 10);
+    wait_history_exact(&sys).await;
+
+    // The projection waits on a lock while the member holds the next rides delivered...
+    let mut lock = sys.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE ride_history IN EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    assert_eq!(p.api.load(10, 2).await, 10);
+    let redis = sys.redis.connection().await;
+    let held = wait_until("the member to hold delivered entries", CAUGHT_UP, || {
+        let mut redis = redis.clone();
+        async move {
+            let reply: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+                .arg(stream(0))
+                .arg("history")
+                .arg("-")
+                .arg("+")
+                .arg(100)
+                .arg("history-a")
+                .query_async(&mut redis)
+                .await
+                .map_err(|e| e.to_string())?;
+            match reply.ids.len() {
+                0 => Err("nothing pending".to_string()),
+                n => Ok(n as i64),
+            }
+        }
+    })
+    .await;
+    // ...then Redis dies (its AOF keeps the pending list), the projection commits, and the
+    // XACK that follows cannot get through: the member is killed right there.
+    sys.redis.kill().await;
+    lock.commit().await.unwrap();
+    wait_until("the projection to commit", CAUGHT_UP, || async {
+        match sqlx::query_scalar::<_, i64>("SELECT count(*) FROM ride_history")
+            .fetch_one(&sys.db)
+            .await
+        {
+            Ok(n) if n == 10 + held => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    member.kill().await;
+    sys.redis.restart().await;
+    let mut redis = sys.redis.connection().await;
+    let unacked: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+        .arg(stream(0))
+        .arg("history")
+        .arg("-")
+        .arg("+")
+        .arg(100)
+        .arg("history-a")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(
+        unacked.ids.len() as i64,
+        held,
+        "committed, never acknowledged"
+    );
+
+    // Another member claims the entries, projects them again (changing nothing) and
+    // acknowledges them; the group's position passes them.
+    let mut other = sys.history("history-b", &history_env());
+    other.start_ready().await;
+    assert_eq!(p.api.load(5, 1).await, 5);
+    wait_history_exact(&sys).await;
+    wait_until(
+        "the group to be done with every entry",
+        CAUGHT_UP,
+        || async {
+            let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+                .arg(stream(0))
+                .arg("history")
+                .query_async(&mut redis.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            match (pending.count(), group_position(&sys).await) {
+                (0, 25) => Ok(()),
+                other => Err(format!("(pending, position) = {other:?}")),
+            }
+        },
+    )
+    .await;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM ride_history")
+        .fetch_one(&sys.db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 25);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_lost_on_a_cluster_while_the_readers_are_away_then_republished() {
+    let sys = System::start_on_cluster().await;
+    let mut p = sys.pipeline(&["consumer0"], &[]).await;
+    let mut member = sys.history("history-a", &history_env());
+    member.start_ready().await;
+    assert_eq!(p.api.load(100, 4).await, 100);
+    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
+    wait_history_exact(&sys).await;
+
+    // Both away while 30 rides pass; then the master holding the stream loses it (with the
+    // group), and 20 more rides come.
+    member.terminate().await;
+    p.consumers[0].terminate().await;
+    assert_eq!(p.api.load(30, 4).await, 30);
+    let mut redis = sys.cluster.as_ref().unwrap().connection().await;
+    let _: i64 = redis::cmd("DEL")
+        .arg(stream(0))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(p.api.load(20, 4).await, 20);
+    member.start();
+    p.consumers[0].start();
+    history_halted(&member).await;
+    halted(
+        &p.consumers[0],
+        "rocket_rides_consumer_gap",
+        &[("consumer", "consumer0")],
+    )
+    .await;
+
+    repair(&sys, "republish");
+    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
+    wait_history_exact(&sys).await;
+    member.wait_until_status(ServingStatus::Serving).await;
 }

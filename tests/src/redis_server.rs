@@ -77,6 +77,11 @@ impl RedisServer {
         self.process.pid().is_some()
     }
 
+    /// Sends `signal` (e.g. SIGSTOP to freeze Redis, SIGCONT to thaw it).
+    pub fn signal(&self, signal: i32) {
+        crate::signal(self.process.pid().expect("Redis runs"), signal);
+    }
+
     pub async fn kill(&mut self) {
         self.process.kill().await;
     }
