@@ -2,26 +2,37 @@
 //! queued (up to `batch_max`, waiting at most `batch_wait` for more, by default not at all, so
 //! a lone caller waits for no one) and write it in one statement: one transaction, one fsync,
 //! many rides. Each call is answered only after that commit. Semantics stay per call: calls
-//! that share an idempotency key make one ride, a key reused with another distance fails only
-//! its call, and a failed batch fails exactly its calls and writes nothing. A full queue is
-//! answered at once with RESOURCE_EXHAUSTED: overload is shed, never queued without bound.
+//! that share an idempotency key make one ride, a key reused with another distance or rider
+//! fails only its call, and a failed batch fails exactly its calls and writes nothing. A batch
+//! whose commit answer was lost (the connection broke after the statement was sent) is resolved
+//! by key (see `outcome`), aside, while the writer goes on. A full queue is answered at once
+//! with RESOURCE_EXHAUSTED: overload is shed, never queued without bound.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
-use rocket_rides_log::partition;
-use rocket_rides_log::{
-    record::same_decimal,
-    sql::{FIND_BY_KEYS, INSERT_RIDES},
+use rocket_rides_log::{partition, record::same_decimal, sql::INSERT_RIDES};
+use rocket_rides_platform::telemetry::{propagation::TraceContext, spans};
+use sqlx::{Executor, PgConnection, PgPool, Postgres, Row, SqlSafeStr, Type};
+use tokio::{
+    sync::{Mutex, mpsc, oneshot},
+    task::JoinSet,
 };
-use rocket_rides_platform::{
-    postgres::KeptConnection,
-    telemetry::{propagation::TraceContext, spans},
-};
-use sqlx::{PgConnection, PgPool};
-use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::Instrument;
 
-use crate::{error::RideError, metrics::Metrics, wake::Waker};
+use crate::{
+    error::RideError,
+    metrics::Metrics,
+    outcome::{self, Failure, Question, Stage, Stored},
+    session::Session,
+    wake::Waker,
+};
 
 /// A validated ride to write.
 pub struct NewRide {
@@ -36,11 +47,14 @@ pub struct NewRide {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Written {
     Created(i64),
-    /// The key already named this ride, with the same distance.
+    /// The key already named this ride, with the same distance and rider.
     Existing(i64),
+    /// The connection broke while the ride was being committed; the ride under its key was
+    /// found committed afterwards.
+    Confirmed(i64),
 }
 
-type Reply = oneshot::Sender<Result<Written, RideError>>;
+pub type Reply = oneshot::Sender<Result<Written, RideError>>;
 
 /// Batch bounds, from the api's configuration.
 #[derive(Debug, Clone, Copy)]
@@ -57,7 +71,8 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// The queue, and the writers to run (they end once every `GroupCommit` is dropped).
+    /// The queue, and the writers to run (they end once every `GroupCommit` is dropped and
+    /// what they set aside to resolve is answered).
     pub fn new(
         pool: PgPool,
         limits: Limits,
@@ -105,37 +120,83 @@ struct Writer {
 
 impl Writer {
     async fn run(self) {
-        let mut db = KeptConnection::new(self.pool.clone());
+        let mut session = Session::new(self.pool.clone());
+        // Calls whose answer needs a lookup, resolved while the writer goes on.
+        let mut aside = JoinSet::new();
         while let Some(batch) = self.take().await {
+            while aside.try_join_next().is_some() {}
             let (rides, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             self.metrics.batch_size.record(rides.len() as f64);
-            let written = match db.get().await {
-                Ok(conn) => write(conn, &rides).await,
-                Err(e) => Err(e),
+            let (conn, backend) = match session.get().await {
+                Ok(got) => got,
+                Err(e) => {
+                    session.give_back();
+                    tracing::warn!(error = %e, rides = rides.len(), "no database connection for a batch of rides; nothing of it was written");
+                    fail(replies, || RideError::BatchFailed);
+                    continue;
+                }
             };
-            match written {
-                Ok(written) => {
-                    let created = written
+            match write(conn, &rides).await {
+                Ok(committed) => {
+                    let created = committed
+                        .answers
                         .iter()
-                        .filter(|w| matches!(w, Ok(Written::Created(_))))
+                        .filter(|a| matches!(a, Some(Ok(Written::Created(_)))))
                         .count();
                     if created > 0 {
                         self.metrics.rides_created.increment(created as u64);
                         self.waker.wake();
                     }
-                    for (reply, written) in replies.into_iter().zip(written) {
-                        let _ = reply.send(written);
+                    if let Some(e) = &committed.unread {
+                        session.give_back();
+                        tracing::warn!(error = %e, "a batch of rides was committed, but the rides already under some of its keys could not be read; looking them up");
+                    }
+                    let mut later = Vec::new();
+                    let calls = rides.into_iter().zip(replies);
+                    for ((ride, reply), answer) in calls.zip(committed.answers) {
+                        match answer {
+                            Some(answer) => {
+                                let _ = reply.send(answer);
+                            }
+                            None => later.push((ride, reply)),
+                        }
+                    }
+                    if !later.is_empty() {
+                        let resolve = outcome::resolve(
+                            self.pool.clone(),
+                            later,
+                            Question::Taken,
+                            self.waker.clone(),
+                        );
+                        aside.spawn(resolve.in_current_span());
                     }
                 }
-                Err(e) => {
-                    db.give_back();
+                Err(Failure::NothingWritten(e)) => {
+                    session.give_back();
                     tracing::warn!(error = %e, rides = rides.len(), "a batch of rides failed; nothing of it was written");
-                    for reply in replies {
-                        let _ = reply.send(Err(RideError::BatchFailed));
-                    }
+                    fail(replies, || RideError::BatchFailed);
+                }
+                Err(Failure::Unknown(e)) => {
+                    // Its backend is about to be ended: nobody may use the connection again.
+                    session.discard();
+                    tracing::warn!(
+                        error = %e,
+                        rides = rides.len(),
+                        backend.pid = backend.pid,
+                        "the connection broke after a batch of rides was sent: it may or may not have been committed; resolving it by idempotency key"
+                    );
+                    let calls = rides.into_iter().zip(replies).collect();
+                    let resolve = outcome::resolve(
+                        self.pool.clone(),
+                        calls,
+                        Question::Unknown { backend },
+                        self.waker.clone(),
+                    );
+                    aside.spawn(resolve.in_current_span());
                 }
             }
         }
+        while aside.join_next().await.is_some() {}
     }
 
     /// The next batch: the first queued call, then what else is queued (or arrives within
@@ -159,11 +220,42 @@ impl Writer {
     }
 }
 
-/// Writes `rides` in one statement; the outcome of each, in order.
-async fn write(
-    db: &mut PgConnection,
-    rides: &[NewRide],
-) -> Result<Vec<Result<Written, RideError>>, sqlx::Error> {
+fn fail(replies: Vec<Reply>, error: impl Fn() -> RideError) {
+    for reply in replies {
+        let _ = reply.send(Err(error()));
+    }
+}
+
+/// Whether a call may be answered with the ride already under its key: the same distance and
+/// the same rider; otherwise the key was reused for another ride.
+pub fn check_same_ride(key: &str, stored: &Stored, ride: &NewRide) -> Result<(), RideError> {
+    if !same_decimal(&stored.distance, &ride.decimal) {
+        return Err(RideError::KeyReused {
+            key: key.to_string(),
+            distance: stored.distance.clone(),
+            requested: ride.decimal.clone(),
+        });
+    }
+    if stored.rider != ride.rider {
+        return Err(RideError::RiderMismatch {
+            key: key.to_string(),
+            rider: stored.rider.clone(),
+            requested: ride.rider.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// A committed batch: each call's answer, or None for a call whose key already named a ride
+/// that could not be read (`unread` says why); those are looked up aside.
+struct Committed {
+    answers: Vec<Option<Result<Written, RideError>>>,
+    unread: Option<sqlx::Error>,
+}
+
+/// Writes `rides` in one statement; the outcome of each, in order, or what the failure may
+/// have written.
+async fn write(db: &mut PgConnection, rides: &[NewRide]) -> Result<Committed, Failure> {
     // One row per distinct key: later calls with the same key share the first one's ride.
     let mut first_with_key: HashMap<&str, usize> = HashMap::new();
     let mut unique = Vec::with_capacity(rides.len());
@@ -177,10 +269,91 @@ async fn write(
             None => unique.push(i),
         }
     }
+    let ids = insert(db, rides, &unique).await?;
+    let mut inserted: HashMap<usize, i64> = HashMap::new();
+    let mut taken = Vec::new();
+    for (&i, id) in unique.iter().zip(&ids) {
+        match id {
+            Some(id) => {
+                inserted.insert(i, *id);
+            }
+            // Only a taken key makes the insert skip a ride.
+            None => taken.push(rides[i].key.as_deref().unwrap_or_default()),
+        }
+    }
+    // The statement committed. The conflicting transactions have committed by now (ON
+    // CONFLICT waits), so their rides are visible.
+    let (existing, unread) = if taken.is_empty() {
+        (Some(HashMap::new()), None)
+    } else {
+        match outcome::find(db, &taken).await {
+            Ok(existing) => (Some(existing), None),
+            Err(e) => (None, Some(e)),
+        }
+    };
+    let answers = rides
+        .iter()
+        .enumerate()
+        .map(|(i, ride)| {
+            let Some(key) = ride.key.as_deref() else {
+                return Some(Ok(Written::Created(inserted[&i])));
+            };
+            let first = first_with_key[key];
+            if let Some(&id) = inserted.get(&first) {
+                let stored = Stored {
+                    id,
+                    distance: rides[first].decimal.clone(),
+                    rider: rides[first].rider.clone(),
+                };
+                return Some(check_same_ride(key, &stored, ride).map(|()| {
+                    if first == i {
+                        Written::Created(id)
+                    } else {
+                        Written::Existing(id)
+                    }
+                }));
+            }
+            let existing = existing.as_ref()?;
+            Some(match existing.get(key) {
+                Some(stored) => {
+                    check_same_ride(key, stored, ride).map(|()| Written::Existing(stored.id))
+                }
+                None => Err(RideError::KeyVanished(key.to_string())),
+            })
+        })
+        .collect();
+    Ok(Committed { answers, unread })
+}
+
+/// Runs the group's statement for the rows `unique` of `rides`: each row's ride id, or None
+/// where its key was taken.
+async fn insert(
+    db: &mut PgConnection,
+    rides: &[NewRide],
+    unique: &[usize],
+) -> Result<Vec<Option<i64>>, Failure> {
+    // Prepared first (a no-op once cached on this connection), so that a failure while
+    // preparing, before anything of the execution is sent, is known to have written nothing.
+    let texts = <Vec<Option<&str>> as Type<Postgres>>::type_info();
+    let ints = <Vec<Option<i32>> as Type<Postgres>>::type_info();
+    let types = [
+        texts.clone(),
+        texts.clone(),
+        texts.clone(),
+        texts.clone(),
+        texts,
+        ints,
+    ];
+    (&mut *db)
+        .prepare_with(INSERT_RIDES.into_sql_str(), &types)
+        .await
+        .map_err(|e| outcome::classify(e, Stage::NotSent))?;
     let column = |f: fn(&NewRide) -> Option<&str>| -> Vec<Option<&str>> {
         unique.iter().map(|&i| f(&rides[i])).collect()
     };
-    let ids: Vec<Option<i64>> = sqlx::query_scalar(INSERT_RIDES)
+    // Whether any row of the answer came back before a failure.
+    let answered = AtomicBool::new(false);
+    sqlx::query(INSERT_RIDES)
         .bind(column(|r| Some(r.decimal.as_str())))
         .bind(column(|r| r.key.as_deref()))
         .bind(column(|r| r.trace.traceparent.as_deref()))
@@ -192,63 +365,15 @@ async fn write(
                 .map(|&i| rides[i].rider.as_deref().map(partition::key_hash))
                 .collect::<Vec<_>>(),
         )
+        .try_map(|row: sqlx::postgres::PgRow| {
+            answered.store(true, Ordering::Relaxed);
+            row.try_get::<Option<i64>, _>(0)
+        })
         .fetch_all(&mut *db)
         .instrument(spans::postgres("INSERT rides, log_records (group commit)"))
-        .await?;
-    let mut inserted: HashMap<usize, i64> = HashMap::new();
-    let mut taken = Vec::new();
-    for (&i, id) in unique.iter().zip(&ids) {
-        match id {
-            Some(id) => {
-                inserted.insert(i, *id);
-            }
-            // Only a taken key makes the insert skip a ride.
-            None => taken.push(rides[i].key.clone().unwrap_or_default()),
-        }
-    }
-    // The conflicting transactions have committed by now (ON CONFLICT waits), so their rides
-    // are visible.
-    let existing: HashMap<String, (i64, String)> = if taken.is_empty() {
-        HashMap::new()
-    } else {
-        sqlx::query_as::<_, (String, i64, String)>(FIND_BY_KEYS)
-            .bind(&taken)
-            .fetch_all(db)
-            .instrument(spans::postgres("SELECT rides by idempotency_key"))
-            .await?
-            .into_iter()
-            .map(|(key, id, distance)| (key, (id, distance)))
-            .collect()
-    };
-    Ok(rides
-        .iter()
-        .enumerate()
-        .map(|(i, ride)| {
-            let Some(key) = ride.key.as_deref() else {
-                return Ok(Written::Created(inserted[&i]));
-            };
-            let first = first_with_key[key];
-            let (id, stored, created) = match inserted.get(&first) {
-                Some(&id) => (id, rides[first].decimal.clone(), first == i),
-                None => {
-                    let (id, stored) = existing
-                        .get(key)
-                        .cloned()
-                        .ok_or_else(|| RideError::KeyVanished(key.to_string()))?;
-                    (id, stored, false)
-                }
-            };
-            if !same_decimal(&stored, &ride.decimal) {
-                return Err(RideError::KeyReused {
-                    key: key.to_string(),
-                    distance: stored,
-                });
-            }
-            Ok(if created {
-                Written::Created(id)
-            } else {
-                Written::Existing(id)
-            })
+        .await
+        .map_err(|e| {
+            let rows = answered.load(Ordering::Relaxed);
+            outcome::classify(e, Stage::Sent { rows })
         })
-        .collect())
 }

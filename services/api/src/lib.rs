@@ -4,7 +4,9 @@ pub mod config;
 mod error;
 mod group;
 mod metrics;
+mod outcome;
 mod rides;
+mod session;
 mod validate;
 mod wake;
 

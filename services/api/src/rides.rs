@@ -47,6 +47,11 @@ impl Rides {
                 id,
                 "ride already created by an earlier request with this idempotency_key",
             ),
+            Written::Confirmed(id) => (
+                id,
+                "ride committed: the connection to the database broke while it was being \
+                 committed, and the api then found it committed under this idempotency_key",
+            ),
         };
         tracing::Span::current().record("ride.id", ride_id);
         tracing::debug!(ride_id, distance, "{message}");

@@ -34,10 +34,6 @@ pub const ORIGINAL_RIDE_TRANSACTION: [&str; 2] = [
     "INSERT INTO log_records (ride_id, distance) VALUES ($1, $2::numeric)",
 ];
 
-/// The rides the given idempotency keys already name: key, id, distance.
-pub const FIND_BY_KEYS: &str =
-    "SELECT idempotency_key, id, distance::text FROM rides WHERE idempotency_key = ANY($1)";
-
 /// The channel on which the api tells the streamer that records were committed. Sent after the
 /// commit, never inside the ride's transaction: a pending NOTIFY takes Postgres' global
 /// notification lock at commit, which would serialize every ride.
