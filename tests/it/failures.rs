@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use rocket_rides_log::{StreamId, stream::dead_letter_stream};
-use rocket_rides_tests::{Committed, ServingStatus, System, stream, wait_until};
+use rocket_rides_tests::{
+    Committed, ServingStatus, System, redis_server::RedisServer, stream, wait_until,
+};
 
 use crate::CAUGHT_UP;
 
@@ -226,4 +228,118 @@ async fn sigterm_stops_every_service_with_exit_code_zero() {
             consumer.name()
         );
     }
+}
+
+/// `field` of `INFO <section>` of the Redis at `url`.
+async fn redis_info(url: &str, section: &str, field: &str) -> Result<String, String> {
+    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_string())
+        .ok_or_else(|| format!("no {field} in INFO {section}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn entries_adopted_after_a_restart_count_as_streamed_only_once_a_replica_holds_them() {
+    let sys = System::start().await;
+    let port = sys.redis.port.to_string();
+    let replica =
+        RedisServer::start_with(sys.dir(), "replica", &["--replicaof", "127.0.0.1", &port]).await;
+    wait_until("the replica to be in sync", CAUGHT_UP, || async {
+        match redis_info(&replica.url(), "replication", "master_link_status")
+            .await?
+            .as_str()
+        {
+            "up" => Ok(()),
+            other => Err(other.to_string()),
+        }
+    })
+    .await;
+    let env = [("REDIS_WAIT_REPLICAS", "1"), ("PROGRESS_TIMEOUT", "2s")];
+    let mut p = sys.pipeline(&["consumer0"], &env).await;
+    assert_eq!(p.api.load(20, 2).await, 20);
+    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
+
+    // The replica freezes, its link open: the master still counts it as connected.
+    let replica_pid: u32 = redis_info(&replica.url(), "server", "process_id")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    rocket_rides_tests::signal(replica_pid, libc::SIGSTOP);
+    // Meanwhile 30 rides reach the master (a streamer that waits for no replica), and the
+    // streamer dies before recording them as streamed: Postgres knows Redis holds up to 20.
+    p.streamer.terminate().await;
+    p.streamer.set_env("REDIS_WAIT_REPLICAS", "0");
+    p.streamer.start_ready().await;
+    assert_eq!(p.api.load(30, 2).await, 30);
+    wait_until("the master to hold seq 50", CAUGHT_UP, || async {
+        match sys.newest_ids(1).await.first() {
+            Some(id) if *id == StreamId::of_seq(50) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    p.streamer.terminate().await;
+    sqlx::query("UPDATE log_partitions SET streamed_seq = 20")
+        .execute(&sys.db)
+        .await
+        .unwrap();
+
+    // Restarted, the streamer finds 21..50 in the stream. No replica has them: it does not
+    // count them as streamed, and says why.
+    p.streamer.set_env("REDIS_WAIT_REPLICAS", "1");
+    p.streamer.start();
+    p.streamer
+        .wait_metrics(
+            "the streamer to find no replica holding the entries",
+            |m| match m.get(
+                "rocket_rides_streamer_errors_total",
+                &[("kind", "not_replicated"), ("partition", "0")],
+            ) {
+                Some(n) if n > 0.0 => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        )
+        .await;
+    p.streamer
+        .wait_until_status(ServingStatus::NotServing)
+        .await;
+    let streamed: i64 = sqlx::query_scalar("SELECT streamed_seq FROM log_partitions")
+        .fetch_one(&sys.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        streamed, 20,
+        "entries no replica holds were counted as streamed"
+    );
+
+    // The replica wakes up and catches up: now they count.
+    rocket_rides_tests::signal(replica_pid, libc::SIGCONT);
+    wait_until(
+        "the adopted entries to count as streamed",
+        CAUGHT_UP,
+        || async {
+            match sqlx::query_scalar::<_, i64>("SELECT streamed_seq FROM log_partitions")
+                .fetch_one(&sys.db)
+                .await
+            {
+                Ok(50) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    p.streamer.wait_until_status(ServingStatus::Serving).await;
+    assert_eq!(p.api.load(10, 2).await, 10);
+    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
 }

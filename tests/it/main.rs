@@ -13,8 +13,9 @@ mod log;
 mod observability;
 mod partitions;
 mod pipeline;
-mod redis_full;
 mod readers;
+mod redis_full;
+mod repair;
 mod soak;
 mod startup;
 

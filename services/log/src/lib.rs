@@ -8,6 +8,7 @@ pub mod archive;
 pub mod driver;
 pub mod membership;
 pub mod partition;
+pub mod positions;
 pub mod reader;
 pub mod record;
 pub mod schema;

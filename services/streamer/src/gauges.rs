@@ -6,7 +6,10 @@
 
 use std::time::Duration;
 
-use rocket_rides_log::{archive, partition};
+use rocket_rides_log::{
+    archive, partition,
+    positions::{self, Lag},
+};
 use rocket_rides_platform::redis_conn::RedisConnection;
 use rocket_rides_platform::shutdown::CancellationToken;
 use sqlx::PgPool;
@@ -27,19 +30,6 @@ const ARCHIVE_AGE: &str = "
         WHERE r.partition = p.partition AND r.seq IS NOT NULL ORDER BY r.seq LIMIT 1
     ))::float8), 0)
     FROM log_partitions p";
-
-/// Per consumer, over its partitions: records behind, age of the oldest one not applied, and
-/// whether it has expired (silent for CONSUMER_EXPIRY while behind) in any.
-const CONSUMERS: &str = "
-    SELECT c.name,
-           sum(GREATEST(p.last_seq - c.last_seq, 0))::bigint,
-           COALESCE(max((SELECT EXTRACT(epoch FROM now() - r.numbered_at)::float8
-                         FROM log_records r
-                         WHERE r.partition = c.partition AND r.seq = c.last_seq + 1)), 0),
-           bool_or(c.updated_at < now() - make_interval(secs => $2) AND c.last_seq < p.last_seq)
-    FROM consumer_positions c JOIN log_partitions p USING (partition)
-    WHERE c.stream = $1
-    GROUP BY c.name";
 
 pub async fn run(
     pool: PgPool,
@@ -85,12 +75,13 @@ async fn measure(
     }
     metrics.stream_length.set(len as f64);
 
-    let consumers: Vec<(String, i64, f64, bool)> = sqlx::query_as(CONSUMERS)
-        .bind(stream)
-        .bind(expiry.as_secs_f64())
-        .fetch_all(pool)
-        .await?;
-    for (name, behind, seconds, is_expired) in consumers {
+    for Lag {
+        name,
+        behind,
+        seconds,
+        expired: is_expired,
+    } in positions::lags(pool, stream, expiry).await?
+    {
         let lag = Metrics::lag(&name);
         lag.entries.set(behind as f64);
         lag.seconds.set(if behind > 0 { seconds } else { 0.0 });

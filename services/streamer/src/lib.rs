@@ -9,8 +9,8 @@ mod gauges;
 mod leaders;
 mod lease;
 mod metrics;
-mod partitions;
 pub mod repair;
+mod replicas;
 mod streamer;
 mod trim;
 

@@ -9,6 +9,7 @@ use rocket_rides_streamer::{Config, NAME, repair, run};
 const USAGE: &str = "usage: rocket-rides-streamer [republish|rewind]
   (no argument)  stream the log
   republish      Redis lost data: rewrite the entries the stream lacks from the archive, then exit
+                 (non-zero, naming each partition it could not repair, if any)
   rewind         Postgres was restored: drop the entries Postgres no longer has, then exit";
 
 #[tokio::main]
@@ -57,6 +58,7 @@ async fn operate(command: &str) -> ExitCode {
         }
         Err(e) => {
             tracing::error!(error = %e, "{command} failed");
+            eprintln!("{command}: {e}");
             ExitCode::FAILURE
         }
     };

@@ -53,6 +53,18 @@ impl Metrics {
         }
     }
 
+    /// Counts one failure of partition `partition`'s leader that it retries
+    /// (`rocket_rides_streamer_errors_total{kind,partition}`): `postgres`, `redis`,
+    /// `redis_full`, `fenced`, `not_replicated`, `archive_lock_timeout`.
+    pub fn error(&self, kind: &'static str, partition: i32) {
+        counter!(
+            "rocket_rides_streamer_errors_total",
+            "kind" => kind,
+            "partition" => partition.to_string()
+        )
+        .increment(1);
+    }
+
     pub fn lag(consumer: &str) -> Lag {
         Lag {
             entries: gauge!("rocket_rides_consumer_lag_entries", "consumer" => consumer.to_string()),

@@ -9,6 +9,14 @@
 //! stream with the archive, and stops loudly instead of streaming on when they disagree:
 //! Redis lost entries (run `republish`), the stream is ahead of Postgres (Postgres was restored:
 //! run `rewind`), or an entry differs from its archived record.
+//!
+//! Trimming runs before each send and depends on nothing the send does: when Redis is full
+//! (`maxmemory` with `noeviction` refuses the XADD), every retry still trims, so the stream
+//! shrinks as soon as the readers holding it move on or expire, and streaming resumes by itself.
+//! Archive DDL (creating the next range partitions, dropping pruned ones) waits at most
+//! `ARCHIVE_LOCK_TIMEOUT` for its lock and is retried `DDL_RETRY` later, so a long reader of
+//! `log_records` (a `pg_dump`) never queues it in front of CreateRide's inserts; meanwhile the
+//! leader numbers only as far as the existing partitions reach.
 
 use std::{
     collections::BTreeSet,
@@ -19,6 +27,7 @@ use rand::Rng;
 use rocket_rides_log::{
     LogRecord,
     archive::{self, Head},
+    schema::{self, ARCHIVE_LOCK_TIMEOUT, Coverage, LockTimeout},
     stream,
 };
 use rocket_rides_platform::{
@@ -37,7 +46,7 @@ use crate::{
     Config,
     lease::{self, LEASE, Lease},
     metrics::Metrics,
-    partitions, trim,
+    replicas, trim,
 };
 
 /// Fallback poll while idle (a notification may be missed across a reconnect); also how often
@@ -50,6 +59,12 @@ const REMIND: Duration = Duration::from_secs(30);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// How long a batch may wait for `REDIS_WAIT_REPLICAS` replicas.
 const REPLICA_WAIT: Duration = Duration::from_secs(2);
+/// How long adopted entries may wait for them: replicas acknowledge an offset within a second
+/// by themselves.
+const ADOPT_WAIT: Duration = Duration::from_secs(3);
+/// After archive DDL gave up on its lock (`ARCHIVE_LOCK_TIMEOUT`), how long until it is tried
+/// again: at most one lock wait, hence one short pause of CreateRide, per this interval.
+const DDL_RETRY: Duration = Duration::from_secs(5);
 /// How often the leader looks at the stream's length even when it need not (another process
 /// may have written, consumers may have moved on).
 const TRIM_EVERY: Duration = Duration::from_secs(1);
@@ -104,10 +119,40 @@ pub enum StreamError {
     #[error("lost the lease (another streamer leads now, epoch {0} is over)")]
     Fenced(i64),
     #[error(
+        "Redis is full (maxmemory, noeviction) and refuses new entries: {0}. The stream is \
+         trimmed only past what every live reader has read, so a stopped or slow reader holds \
+         it (see rocket_rides_consumer_lag_entries). Streaming resumes by itself once that \
+         reader catches up or expires (CONSUMER_EXPIRY); or give Redis more maxmemory"
+    )]
+    RedisFull(redis::RedisError),
+    #[error(
         "only {acked} of {wanted} Redis replicas (REDIS_WAIT_REPLICAS) have the batch; it does \
          not count as streamed until they do"
     )]
     NotReplicated { acked: u32, wanted: u32 },
+}
+
+impl StreamError {
+    /// The `kind` label of `rocket_rides_streamer_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::Redis(_) => "redis",
+            Self::Fenced(_) => "fenced",
+            Self::RedisFull(_) => "redis_full",
+            Self::NotReplicated { .. } => "not_replicated",
+        }
+    }
+
+    /// A Redis error, told apart when it is Redis refusing a write for want of memory.
+    fn of_write(e: redis::RedisError) -> Self {
+        let oom = e.code() == Some("OOM") || e.to_string().contains("OOM");
+        if oom {
+            Self::RedisFull(e)
+        } else {
+            Self::Redis(e)
+        }
+    }
 }
 
 /// Why a leader refuses to stream on. Each says what diverged and what to do.
@@ -180,7 +225,8 @@ impl Streamer {
                 Ok(()) => {}
                 Err(e) => {
                     let delay = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?delay, "streaming interrupted; nothing is lost, retrying");
+                    self.metrics.error(e.kind(), self.partition);
+                    tracing::warn!(partition = self.partition, kind = e.kind(), error = %e, retry_in = ?delay, "streaming interrupted; nothing is lost, retrying");
                     let stalled = self.progress.elapsed();
                     if stalled >= self.config.progress_timeout
                         && self.sound.set(self.partition, false)
@@ -253,10 +299,13 @@ impl Streamer {
         let mut halted: Option<(Halt, Instant, Raised)> = None;
         let batch = i64::from(self.config.batch_size);
         let p = self.partition;
-        let (mut last_seq, mut partitioned) = (0, 0);
+        // How far the archive's range partitions reach: numbering stops there.
+        let (mut last_seq, mut partitioned) = (archive::head(&mut *db, p).await?.last_seq, 0);
         // Sent by the previous pass, recorded by the next numbering statement.
         let mut sent_upto = 0;
-        let (mut pruned_at, mut trimmed_at): (Option<Instant>, Option<Instant>) = (None, None);
+        // When archive DDL may run next (sooner than due after a lock timeout).
+        let (mut ensure_at, mut prune_at) = (Instant::now(), Instant::now());
+        let mut trimmed_at: Option<Instant> = None;
         // The stream's length as of the last trim plus what was sent since: a trim costs four
         // round trips, so it runs only once the stream may be past `STREAM_MAX_LEN`. Trimming
         // to the consumers' checkpoints usually leaves it short, so that is rarely.
@@ -272,26 +321,56 @@ impl Streamer {
                 );
                 return Ok(());
             }
-            if last_seq + batch > partitioned {
-                partitioned = partitions::ensure(&self.pool, p, batch).await?;
+            if last_seq + batch > partitioned && Instant::now() >= ensure_at {
+                let Coverage { upto, locked } =
+                    schema::ensure_archive(&self.pool, p, batch, ARCHIVE_LOCK_TIMEOUT).await?;
+                partitioned = upto;
+                if let Some(locked) = locked {
+                    self.ddl_locked(&locked, "creating the next archive partition");
+                    ensure_at = Instant::now() + DDL_RETRY;
+                }
             }
-            let (head, numbered) = self.number(&mut db, lease, sent_upto).await?;
+            // Never past the archive's partitions (0 when they are full: then only the lease is
+            // renewed and what was sent recorded).
+            let limit = (partitioned - last_seq).clamp(0, batch);
+            let (head, numbered) = self.number(&mut db, lease, sent_upto, limit).await?;
             last_seq = head.last_seq;
-            if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+            if Instant::now() >= prune_at {
                 let Config {
                     stream,
                     log_retention,
                     consumer_expiry,
                     ..
                 } = &self.config;
-                partitions::prune(&self.pool, p, stream, *log_retention, *consumer_expiry).await?;
-                pruned_at = Some(Instant::now());
+                let pruned = schema::prune_archive(
+                    &self.pool,
+                    p,
+                    stream,
+                    *log_retention,
+                    *consumer_expiry,
+                    ARCHIVE_LOCK_TIMEOUT,
+                )
+                .await?;
+                prune_at = Instant::now() + PRUNE_EVERY;
+                if let Some(locked) = pruned.locked {
+                    self.ddl_locked(&locked, "dropping an archive partition past LOG_RETENTION");
+                    prune_at = Instant::now() + DDL_RETRY;
+                }
             }
             let sent = match self.check(lease, head).await? {
                 Ok(head) => {
                     if let Some((halt, ..)) = halted.take() {
                         tracing::info!(partition = p, was = %halt, "the log agrees with the archive again; streaming on");
                         self.sound.set(p, true);
+                    }
+                    // Before sending, and whatever the send does: a full Redis that refuses the
+                    // XADD is still trimmed at every retry, and so frees itself.
+                    if stream_len > u64::from(self.config.max_len)
+                        || trimmed_at.is_none_or(|at| at.elapsed() >= TRIM_EVERY)
+                    {
+                        stream_len =
+                            trim::trim(&self.pool, &mut self.redis, &self.config, p).await?;
+                        trimmed_at = Some(Instant::now());
                     }
                     let sent = self.send(&mut db, lease, &head).await?;
                     sent_upto = sent.recorded_upto.unwrap_or(head.streamed_seq);
@@ -318,12 +397,6 @@ impl Streamer {
                     continue;
                 }
             };
-            if stream_len > u64::from(self.config.max_len)
-                || trimmed_at.is_none_or(|at| at.elapsed() >= TRIM_EVERY)
-            {
-                stream_len = trim::trim(&self.pool, &mut self.redis, &self.config, p).await?;
-                trimmed_at = Some(Instant::now());
-            }
             self.progressed();
             if numbered == batch || sent == batch as usize {
                 continue;
@@ -351,24 +424,31 @@ impl Streamer {
         self.mine.borrow().contains(&self.partition)
     }
 
+    /// Archive DDL gave up on its lock: said and counted; it is retried in `DDL_RETRY`.
+    fn ddl_locked(&self, locked: &LockTimeout, doing: &str) {
+        self.metrics.error("archive_lock_timeout", self.partition);
+        tracing::warn!(partition = self.partition, error = %locked, retry_in = ?DDL_RETRY, "{doing} gave way to a lock held on the log's tables; numbering goes on as far as the archive's partitions reach");
+    }
+
     /// A pass went through: healthy again, as far as progress goes.
     fn progressed(&mut self) {
         self.progress = Instant::now();
         self.sound.set(self.partition, true);
     }
 
-    /// Numbers the next staged records, records `sent_upto` and renews the lease; returns the
-    /// head and how many were numbered.
+    /// Numbers up to `limit` staged records, records `sent_upto` and renews the lease; returns
+    /// the head and how many were numbered.
     async fn number(
         &self,
         db: &mut PgConnection,
         lease: &Lease,
         sent_upto: i64,
+        limit: i64,
     ) -> Result<(Head, i64), StreamError> {
         let row: Option<Numbered> = sqlx::query_as(NUMBER)
             .bind(&lease.holder)
             .bind(lease.epoch)
-            .bind(i64::from(self.config.batch_size))
+            .bind(limit)
             .bind(LEASE.as_secs_f64())
             .bind(&lease.server)
             .bind(sent_upto)
@@ -439,7 +519,9 @@ impl Streamer {
             if let Some(archive::Divergence { seq, reason }) = diverged {
                 return Ok(Err(Halt::Diverged { seq, reason }));
             }
-            self.replicated().await?;
+            // Written on another connection (before a restart or reconnect, or a double send):
+            // WAIT here would not prove that replicas have them; their offsets do.
+            self.replicas_hold_adopted().await?;
             self.record_streamed(lease, stream_top).await?;
             head.streamed_seq = stream_top;
         }
@@ -497,7 +579,8 @@ impl Streamer {
         }
         xadd.query_async::<()>(&mut self.redis)
             .instrument(batch.in_scope(|| spans::redis("XADD")))
-            .await?;
+            .await
+            .map_err(StreamError::of_write)?;
         self.replicated()
             .instrument(batch.in_scope(|| spans::redis("WAIT")))
             .await?;
@@ -525,7 +608,8 @@ impl Streamer {
         })
     }
 
-    /// Waits until `REDIS_WAIT_REPLICAS` replicas have what was written so far.
+    /// Waits until `REDIS_WAIT_REPLICAS` replicas have what this connection wrote so far (WAIT
+    /// right after the XADD, on the connection that sent it).
     async fn replicated(&mut self) -> Result<(), StreamError> {
         let wanted = self.config.wait_replicas;
         if wanted == 0 {
@@ -534,6 +618,22 @@ impl Streamer {
         let acked = self
             .redis
             .wait_for_replicas(&self.stream, wanted, REPLICA_WAIT)
+            .await?;
+        if acked < wanted {
+            return Err(StreamError::NotReplicated { acked, wanted });
+        }
+        Ok(())
+    }
+
+    /// Waits until `REDIS_WAIT_REPLICAS` replicas hold everything the stream's master holds now
+    /// (the entries being adopted among it), whoever wrote it.
+    async fn replicas_hold_adopted(&mut self) -> Result<(), StreamError> {
+        let wanted = self.config.wait_replicas;
+        if wanted == 0 {
+            return Ok(());
+        }
+        let acked = replicas::confirm_held(&mut self.redis, &self.stream, wanted, ADOPT_WAIT)
+            .instrument(spans::redis("ROLE"))
             .await?;
         if acked < wanted {
             return Err(StreamError::NotReplicated { acked, wanted });

@@ -1,25 +1,20 @@
-//! Keeping the stream bounded. Once it is longer than `STREAM_MAX_LEN`, entries every consumer
-//! reading from Redis has applied are removed (`XTRIM MINID`); with none reading from Redis,
-//! the newest `STREAM_MAX_LEN` are kept. A Redis consumer group (the history service) holds
-//! the stream at its oldest pending entry, or after the last entry it was delivered.
-//! Consumers behind the stream's first entry, and consumers (or groups with no member) silent
-//! for longer than `CONSUMER_EXPIRY`, do not hold the stream back: the archive in Postgres has
-//! what they need.
+//! Keeping the stream bounded. Once it is longer than `STREAM_MAX_LEN`, entries every reader
+//! reading from Redis has done are removed (`XTRIM MINID`); with none reading from Redis, the
+//! newest `STREAM_MAX_LEN` are kept. Every reader counts by its position in Postgres: a
+//! checkpointed consumer by its checkpoint, a Redis consumer group (the history) by its durable
+//! position, never by what Redis says of the group. Readers behind the stream's first entry,
+//! and readers silent for longer than `CONSUMER_EXPIRY`, do not hold the stream back: the
+//! archive in Postgres has what they need.
 
-use redis::streams::{StreamInfoConsumersReply, StreamInfoGroupsReply, StreamPendingReply};
-use rocket_rides_log::{StreamId, partition, stream};
+use rocket_rides_log::{StreamId, partition, positions, stream};
 use rocket_rides_platform::redis_conn::RedisConnection;
 use sqlx::PgPool;
 
 use crate::{Config, streamer::StreamError};
 
-/// Checkpoints of the consumers that still hold the stream back.
-pub const LIVE_CHECKPOINTS: &str = "
-    SELECT last_seq FROM consumer_positions
-    WHERE stream = $1 AND partition = $3 AND updated_at > now() - make_interval(secs => $2)";
-
 /// Trims partition `p`'s stream if it is longer than `STREAM_MAX_LEN`; returns its length
-/// afterwards.
+/// afterwards. Needs no memory in Redis (XTRIM is allowed at `maxmemory`), so it also frees a
+/// full Redis once the readers holding the stream have moved on or expired.
 pub async fn trim(
     pool: &PgPool,
     redis: &mut RedisConnection,
@@ -32,13 +27,8 @@ pub async fn trim(
         return Ok(len);
     }
     let first = stream::read_first(redis, stream).await?;
-    let mut checkpoints: Vec<i64> = sqlx::query_scalar(LIVE_CHECKPOINTS)
-        .bind(&config.stream)
-        .bind(config.consumer_expiry.as_secs_f64())
-        .bind(p)
-        .fetch_all(pool)
-        .await?;
-    checkpoints.extend(live_groups(redis, stream, config.consumer_expiry).await?);
+    let checkpoints =
+        positions::live_positions(pool, &config.stream, p, config.consumer_expiry).await?;
     let mut xtrim = redis::cmd("XTRIM");
     xtrim.arg(stream);
     match holding(&checkpoints, first) {
@@ -48,54 +38,6 @@ pub async fn trim(
     let removed: u64 = xtrim.query_async(redis).await?;
     tracing::debug!(removed, len, "stream trimmed");
     Ok(len.saturating_sub(removed))
-}
-
-/// Where the stream's consumer groups with a member seen within `expiry` are, as checkpoints
-/// (the last seq done): before their oldest pending entry, else at the last entry delivered.
-async fn live_groups(
-    redis: &mut RedisConnection,
-    stream: &str,
-    expiry: std::time::Duration,
-) -> Result<Vec<i64>, redis::RedisError> {
-    let groups: StreamInfoGroupsReply = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(stream)
-        .query_async(redis)
-        .await?;
-    let mut positions = Vec::new();
-    for group in groups.groups {
-        let members: StreamInfoConsumersReply = redis::cmd("XINFO")
-            .arg("CONSUMERS")
-            .arg(stream)
-            .arg(&group.name)
-            .query_async(redis)
-            .await?;
-        if !members
-            .consumers
-            .iter()
-            .any(|m| (m.idle as u128) < expiry.as_millis())
-        {
-            continue;
-        }
-        let pending: StreamPendingReply = redis::cmd("XPENDING")
-            .arg(stream)
-            .arg(&group.name)
-            .query_async(redis)
-            .await?;
-        let position = match pending {
-            StreamPendingReply::Data(data) => {
-                data.start_id.parse::<StreamId>().map(|id| id.log_seq() - 1)
-            }
-            _ => group
-                .last_delivered_id
-                .parse::<StreamId>()
-                .map(StreamId::log_seq),
-        };
-        positions.push(position.map_err(|e| {
-            redis::RedisError::from((redis::ErrorKind::Parse, "XINFO GROUPS", e.to_string()))
-        })?);
-    }
-    Ok(positions)
 }
 
 /// The first id to keep for the slowest consumer still reading from Redis (its checkpoint at

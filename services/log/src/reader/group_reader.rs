@@ -128,7 +128,6 @@ impl GroupMetrics {
             halted: gauge!(format!("{prefix}_halted"), &label()),
         }
     }
-
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -257,7 +256,11 @@ impl<P: Project> PartitionWorker for GroupReader<P> {
             tracing::debug!(error = %e, "could not record the group's position");
         }
         // Leave the group if nothing is pending here, so members named by pod do not pile up.
-        if let Err(e) = self.group.leave(&mut self.redis, &self.config.instance).await {
+        if let Err(e) = self
+            .group
+            .leave(&mut self.redis, &self.config.instance)
+            .await
+        {
             tracing::debug!(error = %e, "could not leave the group");
         }
     }
@@ -409,8 +412,7 @@ impl<P: Project> GroupReader<P> {
         }
         // Entries after `upto` stay deliverable; one delivered meanwhile to another member may
         // be delivered again, which projecting idempotently makes harmless.
-        self
-            .group
+        self.group
             .set_id(&mut self.redis, StreamId::of_seq(upto))
             .await?;
         Ok(None)
@@ -524,10 +526,7 @@ impl<P: Project> GroupReader<P> {
     /// pending for a retry and is dead-lettered after `MAX_DELIVERIES`; an unreadable entry is
     /// set aside and its archived record projected; an entry that differs from the archive
     /// halts the member (it stays pending, and is checked again on resuming).
-    async fn handle(
-        &mut self,
-        entries: &[Entry],
-    ) -> Result<Option<Halt>, ReadError> {
+    async fn handle(&mut self, entries: &[Entry]) -> Result<Option<Halt>, ReadError> {
         if entries.is_empty() {
             return Ok(None);
         }
@@ -622,8 +621,7 @@ impl<P: Project> GroupReader<P> {
             for letter in &letters {
                 tracing::error!(partition = self.partition, stream_id = %letter.id, error = %letter.reason, "unreadable entry set aside; its archived record was projected");
             }
-            self
-                .group
+            self.group
                 .dead_letter(&mut self.redis, &self.config.instance, &letters)
                 .await?;
             self.metrics.dead_letters.increment(letters.len() as u64);
@@ -662,10 +660,7 @@ impl<P: Project> GroupReader<P> {
 
     /// Dead-letters the failed entries that have used up their deliveries; the others wait
     /// for a retry.
-    async fn settle(
-        &mut self,
-        mut failures: Vec<(StreamId, String)>,
-    ) -> Result<(), ReadError> {
+    async fn settle(&mut self, mut failures: Vec<(StreamId, String)>) -> Result<(), ReadError> {
         failures.sort_by_key(|(id, _)| *id);
         let (first, last) = (failures[0].0, failures[failures.len() - 1].0);
         let deliveries = self
@@ -694,8 +689,7 @@ impl<P: Project> GroupReader<P> {
             }
         }
         if !letters.is_empty() {
-            self
-                .group
+            self.group
                 .dead_letter(&mut self.redis, &self.config.instance, &letters)
                 .await?;
             self.metrics.dead_letters.increment(letters.len() as u64);
