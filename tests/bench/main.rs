@@ -25,6 +25,7 @@ async fn main() {
 
     let create_ride = measure::create_ride(&sys, &api, &settings).await;
     let rates = measure::rates(&sys, &settings).await;
+    let backlog = measure::backlog(&sys, &settings).await;
     // End to end at half the best CreateRide rate: loaded, not saturated.
     let best = create_ride
         .iter()
@@ -55,6 +56,7 @@ async fn main() {
         steady,
         overload,
         partitioned,
+        backlog,
     };
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     println!("{}", report::write(&results, &dir));

@@ -296,9 +296,16 @@ fn xadd_reference(sys: &System) -> f64 {
     rate
 }
 
-/// Time for a fresh streamer to drain a pre-staged backlog into an empty stream.
-async fn drain_run(sys: &System, backlog: i64, partitions: i32) -> f64 {
+/// An empty log whose statistics are those of steady state (autovacuum analysed the staged
+/// partitions while nearly empty), then `backlog` staged records that piled up while no
+/// streamer ran, which nobody analyses: what a user's log holds after an outage. With
+/// `analyzed`, the reference: the same after a manual ANALYZE.
+async fn stage_backlog(sys: &System, backlog: i64, partitions: i32, analyzed: bool) {
     reset_log(sys, partitions).await;
+    sqlx::query("ANALYZE log_records")
+        .execute(&sys.db)
+        .await
+        .unwrap();
     sqlx::query(
         "INSERT INTO log_records (partition, ride_id, distance)
          SELECT g % $2, g, (5 + g % 995)::numeric FROM generate_series(1, $1) g",
@@ -308,12 +315,17 @@ async fn drain_run(sys: &System, backlog: i64, partitions: i32) -> f64 {
     .execute(&sys.db)
     .await
     .unwrap();
-    // A bulk backlog in partitions no one has analysed yet would get a plan for empty tables
-    // (autovacuum analyses a log that grows as usual).
-    sqlx::query("ANALYZE log_records")
-        .execute(&sys.db)
-        .await
-        .unwrap();
+    if analyzed {
+        sqlx::query("ANALYZE log_records")
+            .execute(&sys.db)
+            .await
+            .unwrap();
+    }
+}
+
+/// Time for a fresh streamer to drain a cold backlog (`stage_backlog`) into an empty stream.
+async fn drain_run(sys: &System, backlog: i64, partitions: i32) -> f64 {
+    stage_backlog(sys, backlog, partitions, false).await;
     let mut streamer = sys.streamer(
         "bench-streamer",
         &[("STREAM_MAX_LEN", "10000000"), QUIET[1]],
@@ -330,6 +342,73 @@ async fn drain_run(sys: &System, backlog: i64, partitions: i32) -> f64 {
     let rate = backlog as f64 / started.elapsed().as_secs_f64();
     streamer.stop(libc::SIGTERM, Duration::from_secs(30)).await;
     rate
+}
+
+/// A backlog through the whole log: two consumers already running, then a streamer started on
+/// `backlog` staged records; the rate at which both have applied them all. Cold (nobody ran
+/// ANALYZE after the backlog piled up) or, as the reference, `analyzed`.
+async fn whole_log_run(sys: &System, backlog: i64, analyzed: bool) -> f64 {
+    stage_backlog(sys, backlog, 1, analyzed).await;
+    let mut consumers = Vec::new();
+    for name in ["backlog-a", "backlog-b"] {
+        let mut consumer = sys.consumer(name, &[QUIET[1]]);
+        consumer.start_ready().await;
+        consumers.push(consumer);
+    }
+    let mut streamer = sys.streamer(
+        "bench-streamer",
+        &[("STREAM_MAX_LEN", "10000000"), QUIET[1]],
+    );
+    let started = Instant::now();
+    streamer.start();
+    wait_until(
+        "both consumers to apply the backlog",
+        Duration::from_secs(600),
+        || async {
+            let slowest: Option<i64> = sqlx::query_scalar(
+                "SELECT min(last_seq) FROM consumer_positions WHERE name LIKE 'backlog-%'",
+            )
+            .fetch_one(&sys.db)
+            .await
+            .unwrap();
+            match slowest {
+                Some(s) if s >= backlog => Ok(()),
+                other => Err(other),
+            }
+        },
+    )
+    .await;
+    let rate = backlog as f64 / started.elapsed().as_secs_f64();
+    streamer.stop(libc::SIGTERM, Duration::from_secs(30)).await;
+    for mut consumer in consumers {
+        consumer.stop(libc::SIGTERM, Duration::from_secs(30)).await;
+    }
+    rate
+}
+
+/// A cold backlog through the whole log, and the same after ANALYZE (medians of the runs).
+pub struct Backlog {
+    pub records: i64,
+    pub cold: f64,
+    pub analyzed: f64,
+}
+
+pub async fn backlog(sys: &System, settings: &Settings) -> Backlog {
+    let (mut cold, mut analyzed) = (Vec::new(), Vec::new());
+    for _ in 0..settings.runs {
+        cold.push(whole_log_run(sys, settings.backlog, false).await);
+        analyzed.push(whole_log_run(sys, settings.backlog, true).await);
+        eprintln!(
+            "backlog through the log: cold {:.0} rides/s, analysed {:.0} rides/s",
+            cold.last().unwrap(),
+            analyzed.last().unwrap()
+        );
+    }
+    Backlog {
+        records: settings.backlog,
+        cold: median(cold),
+        analyzed: median(analyzed),
+    }
 }
 
 /// Time for a new consumer to apply the whole stream left by `drain_run`.

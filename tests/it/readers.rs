@@ -330,10 +330,18 @@ async fn a_stream_lost_on_a_cluster_while_the_readers_are_away_then_republished(
     wait_history_exact(&sys).await;
 
     // Both away while 30 rides pass; then the master holding the stream loses it (with the
-    // group), and 20 more rides come.
+    // group), and 20 more rides come while no streamer runs.
     member.terminate().await;
     p.consumers[0].terminate().await;
     assert_eq!(p.api.load(30, 4).await, 30);
+    wait_until("the 30 rides to be streamed", CAUGHT_UP, || async {
+        match sys.staged().await {
+            0 => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await;
+    p.streamer.terminate().await;
     let mut redis = sys.cluster.as_ref().unwrap().connection().await;
     let _: i64 = redis::cmd("DEL")
         .arg(stream(0))
@@ -350,6 +358,7 @@ async fn a_stream_lost_on_a_cluster_while_the_readers_are_away_then_republished(
         &[("consumer", "consumer0")],
     )
     .await;
+    p.streamer.start_ready().await;
 
     repair(&sys, "republish");
     sys.wait_exact(&p.consumers, CAUGHT_UP).await;

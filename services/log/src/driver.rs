@@ -57,6 +57,10 @@ pub trait PartitionWorker: Send {
         halting: &mut Halting,
     ) -> impl Future<Output = Result<Turn<Self::Halt>, Self::Error>> + Send;
 
+    /// Called after each failed attempt, before the delay (e.g. to report NOT_SERVING once
+    /// failures have lasted too long).
+    fn failed(&mut self, _error: &Self::Error) {}
+
     /// Called once the driver stops, to leave whatever the worker holds.
     fn stopped(&mut self) -> impl Future<Output = ()> + Send {
         async {}
@@ -81,6 +85,13 @@ pub struct Halting {
 }
 
 impl Halting {
+    pub fn new(report: Report) -> Self {
+        Self {
+            report,
+            halted: None,
+        }
+    }
+
     pub fn is_halted(&self) -> bool {
         self.halted.is_some()
     }
@@ -97,7 +108,9 @@ impl Halting {
         self.report.sound.set(self.report.partition, true);
     }
 
-    fn raise(&mut self, halt: &impl Display) {
+    /// Halted for `halt`: NOT_SERVING, gauge up, the reason logged when it changes and every
+    /// 30 s.
+    pub fn raise(&mut self, halt: &impl Display) {
         let reason = halt.to_string();
         let remind = self
             .halted
@@ -137,10 +150,7 @@ pub async fn drive<W: PartitionWorker>(
     cancel: CancellationToken,
 ) {
     let mut backoff = Backoff::default();
-    let mut halting = Halting {
-        report,
-        halted: None,
-    };
+    let mut halting = Halting::new(report);
     loop {
         let attempt = worker.attempt(&cancel, &mut backoff, &mut halting).await;
         let delay = match attempt {
@@ -161,6 +171,7 @@ pub async fn drive<W: PartitionWorker>(
             }
             Err(e) => {
                 halting.count(&e);
+                worker.failed(&e);
                 let delay = match e.retry_now() {
                     true => Duration::from_millis(100),
                     false => backoff.next_delay(),

@@ -3,8 +3,13 @@
 
 use std::time::Duration;
 
-use rocket_rides_log::{membership, partition, sql};
-use rocket_rides_platform::{health::Soundness, retry::Backoff, shutdown::CancellationToken};
+use rocket_rides_log::{
+    driver::{self, Report},
+    membership, partition, sql,
+};
+use rocket_rides_platform::{
+    Error, health::Soundness, retry::Backoff, shutdown::CancellationToken,
+};
 use sqlx::{PgPool, postgres::PgListener};
 use tokio::{sync::watch, task::JoinSet};
 
@@ -24,21 +29,15 @@ pub struct Leaders {
 
 impl Leaders {
     /// Learns the log's partition count, then runs a streamer per partition until `cancel`.
-    pub async fn run(self, cancel: CancellationToken) {
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), Error> {
         let config = &self.config;
         let Some(partitions) =
             partition::expected(&self.pool, config.partitions, &self.sound, &cancel).await
         else {
-            return;
+            return Ok(());
         };
         // Each partition keeps a connection; a few more serve leases, partitions and trims.
-        let pool = match config.postgres.pool_of(2 * partitions as u32 + 2) {
-            Ok(pool) => pool,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot make a connection pool");
-                return;
-            }
-        };
+        let pool = config.postgres.pool_of(2 * partitions as u32 + 2)?;
         if let Err(e) = self.adopt_unpartitioned_stream().await {
             tracing::warn!(error = %e, "could not move the stream of the log before partitions to partition 0's; run `rocket-rides-streamer republish`");
         }
@@ -55,13 +54,7 @@ impl Leaders {
             cancel.clone(),
         ));
         for p in 0..partitions {
-            let redis = match config.redis.connect(Duration::from_secs(10)) {
-                Ok(redis) => redis,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot connect to Redis");
-                    return;
-                }
-            };
+            let redis = config.redis.connect(Duration::from_secs(10))?;
             let streamer = Streamer {
                 config: config.clone(),
                 partition: p,
@@ -75,7 +68,20 @@ impl Leaders {
                 mine: mine.clone(),
                 progress: std::time::Instant::now(),
             };
-            tasks.spawn(streamer.run(cancel.clone()));
+            let report = Report {
+                partition: p,
+                what: "streaming",
+                sound: self.sound.clone(),
+                halted: self.metrics.halted.clone(),
+                errors: "rocket_rides_streamer_errors_total".into(),
+                labels: Vec::new(),
+            };
+            tasks.spawn(driver::drive(
+                streamer,
+                report,
+                Some(mine.clone()),
+                cancel.clone(),
+            ));
         }
         tracing::info!(
             partitions,
@@ -83,6 +89,7 @@ impl Leaders {
         );
         while tasks.join_next().await.is_some() {}
         pool.close().await;
+        Ok(())
     }
 
     /// A log from before partitions streamed to `<STREAM_NAME>` itself, which is now partition

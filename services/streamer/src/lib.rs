@@ -74,7 +74,7 @@ pub async fn run(
         metrics,
         sound,
     };
-    runner.spawn_worker("streamer", leaders.run(runner.cancel()));
+    runner.spawn("streamer", leaders.run(runner.cancel()));
     let result = runner.run().await;
     pool.close().await;
     result
