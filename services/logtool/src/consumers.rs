@@ -1,5 +1,5 @@
 //! `consumers`: who reads the log and how far behind each is. Checkpointed consumers (their
-//! positions are in Postgres) and Redis consumer groups (their positions are in Redis), per
+//! positions are in Postgres) and Redis consumer groups (as Redis sees them), per
 //! partition: position, lag in entries and in seconds (the age of the oldest record not yet
 //! done), pending entries.
 
@@ -17,7 +17,7 @@ const CHECKPOINTS: &str = "
     SELECT c.name, c.partition, c.last_seq, p.last_seq, COALESCE(c.owner, ''),
            c.lease_until > now(), extract(epoch FROM c.updated_at)::float8
     FROM consumer_positions c JOIN log_partitions p USING (partition)
-    WHERE c.stream = $1 ORDER BY c.name, c.partition";
+    WHERE c.stream = $1 AND c.kind = 'checkpoint' ORDER BY c.name, c.partition";
 
 /// Seconds since the record at `seq` of partition `p` was written, if the archive has it.
 async fn age(pool: &PgPool, p: i32, seq: i64) -> anyhow::Result<f64> {
