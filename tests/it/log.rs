@@ -6,34 +6,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rocket_rides_tests::{Kind, Service, ServingStatus, System, stream, wait_until};
+use rocket_rides_tests::{ServingStatus, System, stream, wait_until};
 use sqlx::Connection;
 
 use crate::CAUGHT_UP;
-
-/// Waits until `service` says, by the gauge `metric`, that it halted (not merely that a
-/// dependency is down, which also makes it NOT_SERVING).
-async fn halted<K: Kind>(service: &Service<K>, metric: &str, labels: &[(&str, &str)]) {
-    service
-        .wait_metrics(&format!("{} to halt", service.name()), |m| {
-            match m.get(metric, labels) {
-                Some(1.0) => Ok(()),
-                other => Err(format!("{metric} = {other:?}")),
-            }
-        })
-        .await;
-}
-
-/// Runs a repair command and checks that it succeeded.
-fn repair(sys: &System, command: &str) {
-    let out = sys.repair(command);
-    assert!(
-        out.status.success(),
-        "{command} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_restored_from_an_earlier_copy_stops_the_log_until_rewound() {
@@ -51,7 +27,9 @@ async fn postgres_restored_from_an_earlier_copy_stops_the_log_until_rewound() {
     assert_eq!(p.api.load(50, 4).await, 50);
     for consumer in &p.consumers {
         let labels = [("consumer", consumer.name())];
-        halted(consumer, "rocket_rides_consumer_gap", &labels).await;
+        consumer
+            .wait_halted("rocket_rides_consumer_gap", &labels)
+            .await;
         consumer.wait_until_status(ServingStatus::NotServing).await;
         // Stopped at its restored checkpoint: nothing of the old or the new seqs applied.
         assert_eq!(
@@ -61,12 +39,14 @@ async fn postgres_restored_from_an_earlier_copy_stops_the_log_until_rewound() {
             consumer.name()
         );
     }
-    halted(&p.streamer, "rocket_rides_streamer_halted", &[]).await;
+    p.streamer
+        .wait_halted("rocket_rides_streamer_halted", &[])
+        .await;
     p.streamer
         .wait_until_status(ServingStatus::NotServing)
         .await;
 
-    repair(&sys, "rewind");
+    sys.repair_ok("rewind");
     sys.wait_exact(&p.consumers, CAUGHT_UP).await;
     assert_eq!(sys.committed().await.rides, 150);
     for consumer in &p.consumers {
@@ -158,12 +138,14 @@ async fn redis_wiped_stops_the_consumers_until_republished() {
     p.consumers[1].start();
     for consumer in &p.consumers {
         let labels = [("consumer", consumer.name())];
-        halted(consumer, "rocket_rides_consumer_gap", &labels).await;
+        consumer
+            .wait_halted("rocket_rides_consumer_gap", &labels)
+            .await;
         consumer.wait_until_status(ServingStatus::NotServing).await;
     }
     assert_eq!(p.consumers[1].total().await.ride_count, 100);
 
-    repair(&sys, "republish");
+    sys.repair_ok("republish");
     sys.wait_exact(&p.consumers, CAUGHT_UP).await;
     assert_eq!(sys.committed().await.rides, 150);
 }

@@ -2,7 +2,9 @@
 //! consumer group together) under each fault ends exact after the documented repair, or halts
 //! loudly (NOT_SERVING, a gauge) until it. Never SERVING and wrong.
 
-use rocket_rides_tests::{History, Kind, Service, ServingStatus, System, stream, wait_until};
+use rocket_rides_tests::{
+    History, Kind, Pipeline, Service, ServingStatus, System, stream, wait_until,
+};
 
 use crate::CAUGHT_UP;
 
@@ -16,14 +18,7 @@ async fn wait_history_exact(sys: &System) {
 
 /// Waits until `service` says by `metric` that it halted, and is NOT_SERVING.
 async fn halted<K: Kind>(service: &Service<K>, metric: &str, labels: &[(&str, &str)]) {
-    service
-        .wait_metrics(&format!("{} to halt", service.name()), |m| {
-            match m.get(metric, labels) {
-                Some(1.0) => Ok(()),
-                other => Err(format!("{metric} = {other:?}")),
-            }
-        })
-        .await;
+    service.wait_halted(metric, labels).await;
     service.wait_until_status(ServingStatus::NotServing).await;
 }
 
@@ -42,25 +37,21 @@ async fn group_position(sys: &System) -> i64 {
     .unwrap()
 }
 
-fn repair(sys: &System, command: &str) {
-    let out = sys.repair(command);
-    assert!(
-        out.status.success(),
-        "{command} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// A checkpointed consumer and a history member, both exact after 100 rides.
+async fn both_readers_caught_up(sys: &System) -> (Pipeline, History) {
+    let p = sys.pipeline(&["consumer0"], &[]).await;
+    let mut member = sys.history("history-a", &history_env());
+    member.start_ready().await;
+    assert_eq!(p.api.load(100, 4).await, 100);
+    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
+    wait_history_exact(sys).await;
+    (p, member)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_wiped_while_the_readers_are_away_then_republished() {
     let mut sys = System::start().await;
-    let mut p = sys.pipeline(&["consumer0"], &[]).await;
-    let mut member = sys.history("history-a", &history_env());
-    member.start_ready().await;
-    assert_eq!(p.api.load(100, 4).await, 100);
-    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
-    wait_history_exact(&sys).await;
+    let (mut p, mut member) = both_readers_caught_up(&sys).await;
 
     // Both away while 30 rides pass, then Redis loses everything, then 20 more.
     member.terminate().await;
@@ -79,7 +70,7 @@ async fn redis_wiped_while_the_readers_are_away_then_republished() {
     .await;
     assert!(sys.history_exact().await.is_err());
 
-    repair(&sys, "republish");
+    sys.repair_ok("republish");
     sys.wait_exact(&p.consumers, CAUGHT_UP).await;
     wait_history_exact(&sys).await;
     member.wait_until_status(ServingStatus::Serving).await;
@@ -108,7 +99,7 @@ async fn postgres_restored_then_rewound_every_reader_ends_exact() {
     member.start();
     history_halted(&member).await;
 
-    repair(&sys, "rewind");
+    sys.repair_ok("rewind");
     sys.wait_exact(&p.consumers, CAUGHT_UP).await;
     wait_history_exact(&sys).await;
     member.wait_until_status(ServingStatus::Serving).await;
@@ -322,12 +313,7 @@ async fn a_member_killed_between_its_commit_and_its_ack_loses_and_doubles_nothin
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_lost_on_a_cluster_while_the_readers_are_away_then_republished() {
     let sys = System::start_on_cluster().await;
-    let mut p = sys.pipeline(&["consumer0"], &[]).await;
-    let mut member = sys.history("history-a", &history_env());
-    member.start_ready().await;
-    assert_eq!(p.api.load(100, 4).await, 100);
-    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
-    wait_history_exact(&sys).await;
+    let (mut p, mut member) = both_readers_caught_up(&sys).await;
 
     // Both away while 30 rides pass; then the master holding the stream loses it (with the
     // group), and 20 more rides come while no streamer runs.
@@ -360,7 +346,7 @@ async fn a_stream_lost_on_a_cluster_while_the_readers_are_away_then_republished(
     .await;
     p.streamer.start_ready().await;
 
-    repair(&sys, "republish");
+    sys.repair_ok("republish");
     sys.wait_exact(&p.consumers, CAUGHT_UP).await;
     wait_history_exact(&sys).await;
     member.wait_until_status(ServingStatus::Serving).await;

@@ -20,16 +20,6 @@ use tonic::transport::Channel;
 
 const MAX_LEN: usize = 500;
 
-/// Runs a repair command, as an operator would after the fault, and checks that it succeeded.
-fn repair(sys: &System, command: &str) {
-    let out = sys.repair(command);
-    assert!(
-        out.status.success(),
-        "{command} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 async fn newest_ride(sys: &System) -> i64 {
     sqlx::query_scalar("SELECT COALESCE(max(id), 0) FROM rides")
         .fetch_one(&sys.db)
@@ -162,7 +152,7 @@ async fn chaos_soak_loses_nothing() {
             }
             6 => {
                 sys.redis.wipe().await;
-                repair(&sys, "republish");
+                sys.repair_ok("republish");
                 count("Redis wiped, republished");
             }
             7 => match snapshot.take() {
@@ -180,7 +170,7 @@ async fn chaos_soak_loses_nothing() {
                     // (its id is newer than the copy's), one acknowledged after may not.
                     lost_before.push(newest);
                     restores.fetch_add(1, Ordering::SeqCst);
-                    repair(&sys, "rewind");
+                    sys.repair_ok("rewind");
                     count("Postgres restored, rewound");
                 }
             },

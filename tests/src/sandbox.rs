@@ -73,6 +73,17 @@ impl Sandbox {
             .unwrap()
     }
 
+    /// Runs a repair, as an operator would after a fault, and checks that it succeeded.
+    pub fn repair_ok(&self, command: &str) {
+        let out = self.repair(command);
+        assert!(
+            out.status.success(),
+            "{command} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn api(&self, env: &[(&str, &str)]) -> Api {
         self.service("api", env)
     }

@@ -187,6 +187,18 @@ impl<K: Kind> Service<K> {
         Metrics::scrape(addr).await
     }
 
+    /// Waits until the gauge `metric` (with `labels`) says the service halted: not merely that
+    /// a dependency is down, which also makes it NOT_SERVING.
+    pub async fn wait_halted(&self, metric: &str, labels: &[(&str, &str)]) {
+        self.wait_metrics(&format!("{} to halt", self.name()), |m| {
+            match m.get(metric, labels) {
+                Some(1.0) => Ok(()),
+                other => Err(format!("{metric} = {other:?}")),
+            }
+        })
+        .await;
+    }
+
     /// Waits until a scrape satisfies `check`; returns what `check` returned.
     pub async fn wait_metrics<T>(
         &self,
