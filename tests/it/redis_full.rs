@@ -37,7 +37,13 @@ async fn fill_redis(sys: &System) -> Pipeline {
     assert_eq!(p.api.load(50, 4).await, 50);
     sys.wait_exact(&p.consumers, CAUGHT_UP).await;
     p.consumers[1].terminate().await;
+    squeeze(sys, &p).await;
+    p
+}
 
+/// Gives Redis little room and creates rides until Redis refuses the streamer's XADD (50 rides
+/// already created); the streamer says so, and rides are still acknowledged.
+async fn squeeze(sys: &System, p: &Pipeline) {
     let mut redis = sys.redis.connection().await;
     let info: String = redis::cmd("INFO")
         .arg("memory")
@@ -84,7 +90,6 @@ async fn fill_redis(sys: &System) -> Pipeline {
     // Still acknowledged (staged in Postgres), and held there while Redis stays full.
     assert_eq!(p.api.load(20, 2).await, 20);
     assert!(sys.staged().await > 0, "Redis refused nothing");
-    p
 }
 
 /// Both consumers exact, the streamer SERVING and the stream trimmed back to its bound.
@@ -131,4 +136,22 @@ async fn a_full_redis_recovers_by_itself_once_the_reader_holding_it_expires() {
     // Back later, it catches up from the archive.
     p.consumers[1].start_ready().await;
     recovered(&sys, &p).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_redis_held_by_a_consumer_group_recovers_once_the_group_is_back() {
+    let sys = System::start().await;
+    let p = sys.pipeline(&["consumer0"], &ENV).await;
+    let mut history = sys.history("history-a", &[("CLAIM_IDLE", "2"), ("BATCH_SIZE", "50")]);
+    history.start_ready().await;
+    assert_eq!(p.api.load(50, 4).await, 50);
+    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
+    sys.wait_history_exact(CAUGHT_UP).await;
+    // Shut down cleanly, the group holds the stream by its position in Postgres.
+    history.terminate().await;
+    squeeze(&sys, &p).await;
+
+    history.start_ready().await;
+    recovered(&sys, &p).await;
+    sys.wait_history_exact(CAUGHT_UP).await;
 }
