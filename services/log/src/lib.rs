@@ -6,6 +6,7 @@
 
 pub mod archive;
 pub mod driver;
+pub mod lease;
 pub mod membership;
 pub mod partition;
 pub mod positions;

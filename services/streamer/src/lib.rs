@@ -7,7 +7,6 @@
 pub mod config;
 mod gauges;
 mod leaders;
-mod lease;
 mod metrics;
 pub mod repair;
 mod replicas;

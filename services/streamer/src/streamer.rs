@@ -28,6 +28,7 @@ use rocket_rides_log::{
     LogRecord,
     archive::{self, Head},
     driver::{ErrorKind, Halting, PartitionWorker, RECHECK, Turn},
+    lease::{self, Lease},
     schema::{self, ARCHIVE_LOCK_TIMEOUT, Coverage, LockTimeout},
     stream,
 };
@@ -43,12 +44,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::{
-    Config,
-    lease::{self, LEASE, Lease},
-    metrics::Metrics,
-    replicas, trim,
-};
+use crate::{Config, metrics::Metrics, replicas, trim};
 
 /// Fallback poll while idle (a notification may be missed across a reconnect); also how often
 /// a standby tries the lease and an idle leader renews it.
@@ -66,52 +62,6 @@ const DDL_RETRY: Duration = Duration::from_secs(5);
 /// How often the leader looks at the stream's length even when it need not (another process
 /// may have written, consumers may have moved on).
 const TRIM_EVERY: Duration = Duration::from_secs(1);
-
-/// Numbers up to `$3` staged records after the head's `last_seq`, records that Redis holds the
-/// log up to `$6` (what the previous pass sent), and renews the lease; fenced: nothing happens
-/// unless `$1` still holds the lease at epoch `$2`, on the Postgres server it took it on (`$5`,
-/// its start time). Returns the new head and how many were numbered, or no row when the lease
-/// is lost.
-///
-/// The update finds each picked row by its address (`ctid`), so its cost is bound by the batch
-/// whatever the statistics say. Joined by id instead, the statistics of a staged partition that
-/// was nearly empty when last analysed (steady state) made a backlog built while no streamer
-/// ran (a deploy, an outage) look like one row, and Postgres scanned the whole backlog once per
-/// picked record (measured: 636 records/s for 50,000 staged, 22,000/s after a manual ANALYZE).
-const NUMBER: &str = "
-    WITH head AS (
-        SELECT last_seq FROM log_partitions
-        WHERE partition = $7 AND leader = $1 AND epoch = $2 AND lease_until > now()
-            AND pg_postmaster_start_time()::text = $5
-        FOR UPDATE
-    ), picked AS (
-        SELECT at, row_number() OVER (ORDER BY id) AS n
-        FROM (SELECT ctid AS at, id FROM log_records WHERE partition = $7 AND seq IS NULL
-              ORDER BY id LIMIT $3 FOR UPDATE) s
-    ), numbered AS (
-        UPDATE log_records r
-        SET seq = head.last_seq + picked.n, epoch = $2, numbered_at = now()
-        FROM picked, head
-        -- `seq IS NULL` confines the update to the staged partition, where `at` points.
-        WHERE r.partition = $7 AND r.seq IS NULL AND r.ctid = picked.at
-        RETURNING r.seq
-    ), moved AS (
-        UPDATE log_partitions SET
-            last_seq = last_seq + (SELECT count(*) FROM numbered),
-            streamed_seq = GREATEST(streamed_seq, $6),
-            lease_until = now() + make_interval(secs => $4)
-        WHERE partition = $7 AND leader = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM head)
-        RETURNING partition, epoch, last_seq, streamed_seq
-    )
-    SELECT h.log_id, h.stream, m.partition, m.epoch, m.last_seq, m.streamed_seq,
-           (SELECT count(*) FROM numbered) AS numbered
-    FROM moved m CROSS JOIN log_head h";
-
-/// Records that Redis holds the partition up to `$3`; fenced like `NUMBER`.
-const STREAMED: &str = "
-    UPDATE log_partitions SET streamed_seq = GREATEST(streamed_seq, $3)
-    WHERE partition = $5 AND leader = $1 AND epoch = $2
-        AND pg_postmaster_start_time()::text = $4";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -179,14 +129,6 @@ pub enum Halt {
     PostgresBehind { stream_top: i64, last_seq: i64 },
     #[error("stream entry {seq} differs from the archived record: {reason}")]
     Diverged { seq: i64, reason: String },
-}
-
-/// The head after a numbering statement, and how many records it numbered.
-#[derive(sqlx::FromRow)]
-struct Numbered {
-    #[sqlx(flatten)]
-    head: Head,
-    numbered: i64,
 }
 
 /// What a pass sent: how many records, and up to which seq the next numbering statement records
@@ -443,21 +385,12 @@ impl Streamer {
         sent_upto: i64,
         limit: i64,
     ) -> Result<(Head, i64), StreamError> {
-        let row: Option<Numbered> = sqlx::query_as(NUMBER)
-            .bind(&lease.holder)
-            .bind(lease.epoch)
-            .bind(limit)
-            .bind(LEASE.as_secs_f64())
-            .bind(&lease.server)
-            .bind(sent_upto)
-            .bind(lease.partition)
-            .fetch_optional(db)
+        lease::number(db, lease, sent_upto, limit)
             .instrument(spans::postgres(
                 "UPDATE log_records, log_partitions (number)",
             ))
-            .await?;
-        let Numbered { head, numbered } = row.ok_or(StreamError::Fenced(lease.epoch))?;
-        Ok((head, numbered))
+            .await?
+            .ok_or(StreamError::Fenced(lease.epoch))
     }
 
     /// Compares the stream with the archive; on agreement, returns the head with
@@ -640,19 +573,10 @@ impl Streamer {
     }
 
     async fn record_streamed(&self, lease: &Lease, upto: i64) -> Result<(), StreamError> {
-        let updated = sqlx::query(STREAMED)
-            .bind(&lease.holder)
-            .bind(lease.epoch)
-            .bind(upto)
-            .bind(&lease.server)
-            .bind(lease.partition)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        if updated == 0 {
-            return Err(StreamError::Fenced(lease.epoch));
+        match lease::record_streamed(&self.pool, lease, upto).await? {
+            true => Ok(()),
+            false => Err(StreamError::Fenced(lease.epoch)),
         }
-        Ok(())
     }
 
     /// The epoch of the stream's newest entry (0 when there is none or it is unreadable).
