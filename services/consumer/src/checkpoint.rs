@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use rocket_rides_log::StreamId;
+use rocket_rides_log::{StreamId, reader::plan::Run};
 use sqlx::{Acquire, PgConnection, PgPool};
 
 /// What has been applied, as of the last commit.
@@ -59,6 +59,31 @@ const APPLY: &str = "
     WHERE stream = $1 AND name = $2 AND partition = $7 AND last_seq = $6
         AND owner = $8 AND owner_epoch = $9
     RETURNING total_distance::float8, ride_count";
+/// Applies the archived records `$4 < seq <= $5` of the partition, as `APPLY` does, but only
+/// if they are exactly the ones the consumer read from the stream: as many as the range holds,
+/// with the same digest (`$10`, see `archive::digest`). The sum comes from the archive itself.
+const APPLY_RANGE: &str = concat!(
+    "
+    WITH archived AS (
+        SELECT count(*) AS n, COALESCE(sum(r.distance), 0) AS distance, ",
+    rocket_rides_log::digest_sql!(),
+    " AS digest
+        FROM log_records r CROSS JOIN log_head h
+        WHERE r.partition = $3 AND r.seq > $4 AND r.seq <= $5
+    )
+    UPDATE consumer_positions SET
+        total_distance = total_distance + archived.distance,
+        ride_count = ride_count + archived.n,
+        last_seq = $5,
+        epoch = $6,
+        updated_at = now(),
+        lease_until = now() + make_interval(secs => $9)
+    FROM archived
+    WHERE stream = $1 AND name = $2 AND partition = $3 AND last_seq = $4
+        AND owner = $7 AND owner_epoch = $8
+        AND archived.n = $5 - $4 AND archived.digest = $10
+    RETURNING total_distance::float8, ride_count"
+);
 /// Takes the partition if nobody owns it, or its owner's lease ran out; a new owner epoch.
 const OWN: &str = "
     UPDATE consumer_positions SET
@@ -160,6 +185,44 @@ pub async fn load(pool: &PgPool, at: Position<'_>) -> Result<Checkpoint, sqlx::E
         ride_count,
         last_seq,
     })
+}
+
+/// Applies `run` (the records after `from`, as read from the stream) from the archive if the
+/// archive holds exactly them; None if it does not (or the partition is no longer ours): the
+/// caller then checks the batch record by record. Simulated crashes as in `commit`.
+pub async fn commit_run(
+    db: &mut PgConnection,
+    at: Position<'_>,
+    owner_epoch: i64,
+    from: &Checkpoint,
+    run: &Run<'_>,
+    crash_rate: f64,
+) -> Result<Option<Commit>, sqlx::Error> {
+    let apply = sqlx::query_as(APPLY_RANGE)
+        .bind(at.stream)
+        .bind(at.name)
+        .bind(at.partition)
+        .bind(from.last_seq)
+        .bind(run.upto)
+        .bind(run.epoch)
+        .bind(at.instance)
+        .bind(owner_epoch)
+        .bind(CONSUMER_LEASE.as_secs_f64())
+        .bind(&run.digest);
+    if rand::random_bool(crash_rate) {
+        let mut tx = db.begin().await?;
+        let row: Option<(f64, i64)> = apply.fetch_optional(&mut *tx).await?;
+        tx.rollback().await?;
+        return Ok(row.map(|_| Commit::SimulatedCrash));
+    }
+    let row: Option<(f64, i64)> = apply.fetch_optional(db).await?;
+    Ok(row.map(|(total_distance, ride_count)| {
+        Commit::Done(Checkpoint {
+            total_distance,
+            ride_count,
+            last_seq: run.upto,
+        })
+    }))
 }
 
 /// What one batch changes.

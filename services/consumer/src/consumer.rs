@@ -13,7 +13,7 @@ use rocket_rides_log::{
     driver::{ErrorKind, Halting, PartitionWorker, Turn},
     reader::{
         Halt, LogIdentity,
-        plan::{self, Plan},
+        plan::{self, Plan, Run},
     },
     stream::{self, BadStreamId, dead_letter_stream},
 };
@@ -67,6 +67,13 @@ impl ErrorKind for ConsumeError {
             Self::CheckpointChanged { .. } => "checkpoint_changed",
         }
     }
+}
+
+/// A batch to commit: a run checked against the archive as a whole, or records checked one by
+/// one (`plan`).
+enum Work<'a> {
+    Run(&'a Run<'a>),
+    Checked(&'a Plan),
 }
 
 /// One partition's consumer.
@@ -148,6 +155,30 @@ impl Consumer {
                 read = self.read(at.stream_id()) => read?,
             };
             backoff.reset();
+            // The usual batch: checked against the archive as a range (one digest) and
+            // applied from it in one statement. Anything else is checked record by record.
+            if let Some(run) = plan::run(at.last_seq, &entries) {
+                let applied = self
+                    .apply(&mut db, owner_epoch, Work::Run(&run), &at)
+                    .await?;
+                if let Some(commit) = applied {
+                    halting.clear();
+                    match commit {
+                        Commit::Done(next) => {
+                            at = next;
+                            if run.records.len() < self.config.batch_size as usize {
+                                self.linger(cancel).await;
+                            }
+                        }
+                        Commit::SimulatedCrash => tracing::info!(
+                            records = run.records.len(),
+                            "simulated failure: crashed before commit; re-reading from the checkpoint"
+                        ),
+                        Commit::Moved => return Err(ConsumeError::Moved(name.clone())),
+                    }
+                    continue;
+                }
+            }
             let plan = match self.plan(&mut db, &at, &entries).await? {
                 Ok(plan) => plan,
                 Err(halt) => return Ok(Turn::Halt(halt)),
@@ -173,16 +204,15 @@ impl Consumer {
             }
             self.set_aside(&plan).await?;
             if !plan.apply.is_empty() {
-                match self.apply(&mut db, owner_epoch, &plan, &at).await? {
+                let checked = self.apply(&mut db, owner_epoch, Work::Checked(&plan), &at);
+                match checked
+                    .await?
+                    .expect("a checked batch always commits or not")
+                {
                     Commit::Done(next) => {
                         at = next;
                         if plan.apply.len() < self.config.batch_size as usize {
-                            // Not full: let the next batch gather for a moment
-                            // (BATCH_LINGER_MS).
-                            tokio::select! {
-                                _ = cancel.cancelled() => return Ok(Turn::Cancelled),
-                                _ = tokio::time::sleep(self.config.linger) => {}
-                            }
+                            self.linger(cancel).await;
                         }
                     }
                     Commit::SimulatedCrash => {
@@ -246,31 +276,44 @@ impl Consumer {
         )))
     }
 
+    /// Not a full batch: lets the next one gather for a moment (BATCH_LINGER_MS). A shutdown
+    /// is noticed by the next read.
+    async fn linger(&self, cancel: &CancellationToken) {
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = tokio::time::sleep(self.config.linger) => {}
+        }
+    }
+
     /// Commits a batch, traced: a span per record in its ride's trace, linked to a span for
-    /// the batch whose child is the commit.
+    /// the batch whose child is the commit. None when a run is not what the archive holds.
     async fn apply(
         &self,
         db: &mut PgConnection,
         owner_epoch: i64,
-        plan: &Plan,
+        work: Work<'_>,
         at: &Checkpoint,
-    ) -> Result<Commit, sqlx::Error> {
+    ) -> Result<Option<Commit>, sqlx::Error> {
         let (stream, name) = (&self.stream, &self.config.name);
         let started = Instant::now();
-        let last: &LogRecord = plan.apply.last().expect("a batch to apply");
+        let records: Vec<&LogRecord> = match &work {
+            Work::Run(run) => run.records.clone(),
+            Work::Checked(plan) => plan.apply.iter().collect(),
+        };
+        let last: &LogRecord = records.last().expect("a batch to apply");
         let batch = tracing::info_span!(
             "apply batch",
             otel.kind = "consumer",
             messaging.system = "redis",
             messaging.destination.name = %stream,
             consumer = %name,
-            messaging.batch.message_count = plan.apply.len(),
+            messaging.batch.message_count = records.len(),
             log.epoch = last.epoch,
             log.last_seq = last.seq,
+            log.checked = match work { Work::Run(_) => "range", Work::Checked(_) => "records" },
             simulated.crash = tracing::field::Empty,
         );
-        let _record_spans: Vec<tracing::Span> = plan
-            .apply
+        let _record_spans: Vec<tracing::Span> = records
             .iter()
             .map(|record| {
                 let span = tracing::info_span!(
@@ -286,33 +329,39 @@ impl Consumer {
                 propagation::join(span, &record.trace, &batch)
             })
             .collect();
-        let work = Batch {
-            distances: plan.distances(),
-            last_seq: last.seq,
-            epoch: last.epoch,
+        let (position, crash_rate) = (self.position(), self.config.crash_rate);
+        let span = batch.in_scope(|| spans::postgres("UPDATE consumer_positions"));
+        let commit = match &work {
+            Work::Run(run) => {
+                checkpoint::commit_run(db, position, owner_epoch, at, run, crash_rate)
+                    .instrument(span)
+                    .await?
+            }
+            Work::Checked(plan) => {
+                let work = Batch {
+                    distances: plan.distances(),
+                    last_seq: last.seq,
+                    epoch: last.epoch,
+                };
+                let commit = checkpoint::commit(db, position, owner_epoch, at, &work, crash_rate);
+                Some(commit.instrument(span).await?)
+            }
         };
-        let commit = checkpoint::commit(
-            db,
-            self.position(),
-            owner_epoch,
-            at,
-            &work,
-            self.config.crash_rate,
-        )
-        .instrument(batch.in_scope(|| spans::postgres("UPDATE consumer_positions")))
-        .await?;
-        let crashed = matches!(commit, Commit::SimulatedCrash);
+        let crashed = matches!(commit, Some(Commit::SimulatedCrash));
         batch.record("simulated.crash", crashed);
         let metrics = &self.metrics;
         if crashed {
             metrics.simulated_crashes.increment(1);
-        } else if let Commit::Done(next) = &commit {
-            metrics.applied.increment(plan.apply.len() as u64);
-            metrics.batch_size.record(plan.apply.len() as f64);
+        } else if let Some(Commit::Done(next)) = &commit {
+            metrics.applied.increment(records.len() as u64);
+            if matches!(work, Work::Run(_)) {
+                metrics.applied_by_range.increment(records.len() as u64);
+            }
+            metrics.batch_size.record(records.len() as f64);
             metrics
                 .batch_duration
                 .record(started.elapsed().as_secs_f64());
-            tracing::debug!(parent: &batch, applied = plan.apply.len(), last_seq = next.last_seq, "batch committed");
+            tracing::debug!(parent: &batch, applied = records.len(), last_seq = next.last_seq, "batch committed");
         }
         Ok(commit)
     }

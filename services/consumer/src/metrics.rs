@@ -6,6 +6,9 @@ use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 pub struct Metrics {
     /// `rocket_rides_records_applied_total{consumer}`
     pub applied: Counter,
+    /// `rocket_rides_records_applied_by_range_total{consumer}`: of those, records checked against
+    /// the archive as a range (one digest per batch) rather than one by one.
+    pub applied_by_range: Counter,
     /// `rocket_rides_simulated_crashes_total{consumer}`
     pub simulated_crashes: Counter,
     /// `rocket_rides_dead_letters_total{consumer}`: entries set aside.
@@ -26,6 +29,7 @@ impl Metrics {
         let label = || [("consumer", consumer.to_string())];
         Self {
             applied: counter!("rocket_rides_records_applied_total", &label()),
+            applied_by_range: counter!("rocket_rides_records_applied_by_range_total", &label()),
             simulated_crashes: counter!("rocket_rides_simulated_crashes_total", &label()),
             dead_letters: counter!("rocket_rides_dead_letters_total", &label()),
             gap: gauge!("rocket_rides_consumer_gap", &label()),

@@ -96,6 +96,37 @@ pub async fn first_seq(
         .await
 }
 
+/// A digest of records as the archive holds them (log, partition, epoch, seq, ride, distance;
+/// not the trace context, which each hop rewrites), in seq order: equal digests mean the same
+/// records, so a batch is checked against the archive in one comparison. `DIGEST` computes the
+/// same in Postgres.
+pub fn digest<'a>(records: impl IntoIterator<Item = &'a LogRecord>) -> String {
+    use md5::Digest as _;
+    let mut hash = md5::Md5::new();
+    for (i, r) in records.into_iter().enumerate() {
+        if i > 0 {
+            hash.update(b"\n");
+        }
+        hash.update(
+            format!(
+                "{}|{}|{}|{}|{}|{}",
+                r.log, r.partition, r.epoch, r.seq, r.ride_id, r.distance
+            )
+            .as_bytes(),
+        );
+    }
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `digest` computed by Postgres, over `log_records r CROSS JOIN log_head h`, for `concat!`.
+#[macro_export]
+macro_rules! digest_sql {
+    () => {
+        "md5(string_agg(concat_ws('|', h.log_id, r.partition, r.epoch, r.seq, r.ride_id,
+             r.distance::text), E'\\n' ORDER BY r.seq))"
+    };
+}
+
 /// Where the stream stops being the archive: the entry's seq and what differs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Divergence {

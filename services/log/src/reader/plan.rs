@@ -85,6 +85,39 @@ pub fn plan(last_seq: i64, entries: &[Entry], archived: &[LogRecord], archived_u
     }
 }
 
+/// The usual batch, checked as a whole: entries that are the records right after the
+/// position, in order, every one readable. It is applied from the archive, in one statement,
+/// if the archive's records over the same range have the same digest; otherwise `plan` finds
+/// out what differs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run<'a> {
+    pub records: Vec<&'a LogRecord>,
+    /// The last seq, and its record's epoch.
+    pub upto: i64,
+    pub epoch: i64,
+    pub digest: String,
+}
+
+/// The run `entries` make after `last_seq`, if they are one.
+pub fn run(last_seq: i64, entries: &[Entry]) -> Option<Run<'_>> {
+    let mut records = Vec::with_capacity(entries.len());
+    for (entry, seq) in entries.iter().zip(last_seq + 1..) {
+        match &entry.record {
+            Ok(record) if entry.id == StreamId::of_seq(seq) && record.seq == seq => {
+                records.push(record)
+            }
+            _ => return None,
+        }
+    }
+    let last = records.last()?;
+    Some(Run {
+        upto: last.seq,
+        epoch: last.epoch,
+        digest: crate::archive::digest(records.iter().copied()),
+        records,
+    })
+}
+
 impl Plan {
     /// Distances (exact decimals) of the records to apply, in order.
     pub fn distances(&self) -> Vec<String> {
@@ -222,6 +255,29 @@ mod tests {
         let entries: Vec<_> = (1..=4).map(|s| entry(record(s))).collect();
         let p = plan(0, &entries, &archive, 2);
         assert_eq!((seqs(&p), p.halt), (vec![1, 2], None));
+    }
+
+    #[test]
+    fn a_run_is_the_records_right_after_the_position_all_readable() {
+        let entries: Vec<_> = (4..=6).map(|s| entry(record(s))).collect();
+        let run = run(3, &entries).expect("a run");
+        assert_eq!((run.upto, run.epoch, run.records.len()), (6, 1, 3));
+        let archived: Vec<_> = (4..=6).map(record).collect();
+        assert_eq!(run.digest, crate::archive::digest(&archived));
+        // Not right after the position, not contiguous, or not readable: no run.
+        assert!(super::run(2, &entries).is_none());
+        assert!(super::run(3, &[entry(record(4)), entry(record(6))]).is_none());
+        let bad = Entry {
+            id: StreamId::of_seq(5),
+            record: Err(RecordError::Missing("distance")),
+        };
+        assert!(super::run(3, &[entry(record(4)), bad]).is_none());
+        assert!(super::run(3, &[]).is_none());
+        // Any difference from the archive changes the digest.
+        let mut other = record(5);
+        other.distance = "5.25".into();
+        let changed = [entry(record(4)), entry(other), entry(record(6))];
+        assert_ne!(super::run(3, &changed).unwrap().digest, run.digest);
     }
 
     proptest::proptest! {
