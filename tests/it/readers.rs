@@ -107,6 +107,33 @@ async fn postgres_restored_then_rewound_every_reader_ends_exact() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn postgres_restored_under_a_running_group_then_rewound_before_new_rides() {
+    let mut sys = System::start().await;
+    let p = sys.pipeline(&["consumer0"], &[]).await;
+    let member = {
+        let mut member = sys.history("history-a", &history_env());
+        member.start_ready().await;
+        member
+    };
+    assert_eq!(p.api.load(100, 4).await, 100);
+    wait_history_exact(&sys).await;
+    let copy = sys.pg.snapshot().await;
+    assert_eq!(p.api.load(50, 4).await, 50);
+    wait_history_exact(&sys).await;
+
+    // Back in time under the running member: it goes back to its restored position and halts
+    // on the first entry Postgres no longer has, holding it pending. `rewind` removes those
+    // entries before any new ride takes their seqs: the group must not count them delivered.
+    sys.pg.restore(&copy).await;
+    history_halted(&member).await;
+    sys.repair_ok("rewind");
+    assert_eq!(p.api.load(50, 4).await, 50);
+    sys.wait_exact(&p.consumers, CAUGHT_UP).await;
+    wait_history_exact(&sys).await;
+    member.wait_until_status(ServingStatus::Serving).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_group_away_holds_the_stream_and_halts_at_a_hole_instead_of_skipping_it() {
     let sys = System::start().await;
     let env = [("STREAM_MAX_LEN", "20")];

@@ -20,6 +20,7 @@ use rocket_rides_log::{
     StreamId, archive,
     partition::stream_key,
     positions::{self, Position},
+    reader::{self, group::GroupError},
     stream,
 };
 use rocket_rides_platform::redis_conn::RedisConnection;
@@ -35,6 +36,8 @@ pub enum RepairError {
     Postgres(#[from] sqlx::Error),
     #[error("Redis: {0}; run it again once Redis answers (it redoes only what is missing)")]
     Redis(#[from] redis::RedisError),
+    #[error("moving consumer groups back: {0}; run it again (it redoes only what is missing)")]
+    Groups(#[from] GroupError),
     #[error(
         "records {first}..={last} are no longer in the archive (pruned after LOG_RETENTION), and \
          live readers still need them: {}. What the archive still has was republished; those \
@@ -260,6 +263,21 @@ async fn end_stream_at(
         .await
 }
 
+/// Groups delivered past the stream's end go back to their restored positions.
+async fn rewind_groups(
+    config: &Config,
+    pool: &PgPool,
+    redis: &mut RedisConnection,
+    p: i32,
+    stream_top: i64,
+) -> Result<(), RepairError> {
+    let moved = reader::rewind_groups(pool, redis, &config.stream, p, stream_top).await?;
+    if !moved.is_empty() {
+        tracing::info!(partition = p, groups = ?moved, "moved consumer groups back to their positions in Postgres");
+    }
+    Ok(())
+}
+
 async fn rewind_partition(
     config: &Config,
     pool: &PgPool,
@@ -291,6 +309,8 @@ async fn rewind_partition(
         keep
     };
     if keep >= top {
+        // Also on a run after one that failed between the stream and the groups.
+        rewind_groups(config, pool, redis, p, top).await?;
         tracing::info!(
             partition = p,
             stream_top = top,
@@ -320,6 +340,7 @@ async fn rewind_partition(
     .bind(p)
     .execute(pool)
     .await?;
+    rewind_groups(config, pool, redis, p, keep).await?;
     tracing::info!(
         partition = p,
         dropped,

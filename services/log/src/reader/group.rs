@@ -22,6 +22,8 @@ pub enum GroupError {
     Redis(#[from] redis::RedisError),
     #[error("Redis answered with {0}")]
     Protocol(#[from] BadStreamId),
+    #[error("Postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
     /// The stream or its group is gone (Redis lost its data, or someone deleted them).
     #[error("the consumer group {group:?} of {stream:?} does not exist")]
     Missing { stream: String, group: String },
@@ -59,6 +61,27 @@ impl Standing {
             None => self.last_delivered,
         }
     }
+}
+
+/// The consumer groups of `stream`, by name, with their last delivered seq.
+pub async fn groups_of(
+    redis: &mut RedisConnection,
+    stream: &str,
+) -> Result<Vec<(String, i64)>, GroupError> {
+    let reply: redis::RedisResult<StreamInfoGroupsReply> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(redis)
+        .await;
+    let groups = match reply {
+        Ok(reply) => reply.groups,
+        Err(e) if e.to_string().contains("no such key") => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    groups
+        .into_iter()
+        .map(|g| Ok((g.name, g.last_delivered_id.parse::<StreamId>()?.log_seq())))
+        .collect()
 }
 
 /// A consumer group of one partition's stream.

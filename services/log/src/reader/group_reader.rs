@@ -503,8 +503,11 @@ impl<P: Project> GroupReader<P> {
 
     /// Entries that were pending, then deleted from the stream (trimmed, or a divergent tail
     /// removed by `rewind`): the archive decides. Their records are projected; a record pruned
-    /// from the archive halts; past the archive's end there is no such record (any more).
-    async fn deleted(&self, deleted: &[StreamId]) -> Result<Option<Halt>, ReadError> {
+    /// from the archive halts. A seq past the archive's end has no record yet, but may get one
+    /// (after `rewind`, new rides take the seqs again): the group goes back before it, so that
+    /// record is delivered when it comes.
+    async fn deleted(&mut self, deleted: &[StreamId]) -> Result<Option<Halt>, ReadError> {
+        let mut unwritten: Option<i64> = None;
         for id in deleted {
             let seq = id.log_seq();
             let kept = archive::range(&self.pool, self.partition, seq - 1, seq, 1).await?;
@@ -513,10 +516,25 @@ impl<P: Project> GroupReader<P> {
                 if first.is_some_and(|first| seq < first) {
                     return Ok(Some(Halt::Gap { expected: seq }));
                 }
+                unwritten = Some(unwritten.map_or(seq, |u| u.min(seq)));
                 continue;
             }
             let records: Vec<&LogRecord> = kept.iter().collect();
             self.project.project(&records).await?;
+        }
+        if let Some(seq) = unwritten
+            && let Some(standing) = self.group.standing(&mut self.redis).await?
+            && standing.last_delivered >= seq
+        {
+            tracing::info!(
+                partition = self.partition,
+                from = standing.last_delivered,
+                to = seq - 1,
+                "entries removed from the stream before their records exist: moving the group back so they are delivered"
+            );
+            self.group
+                .set_id(&mut self.redis, StreamId::of_seq(seq - 1))
+                .await?;
         }
         Ok(None)
     }

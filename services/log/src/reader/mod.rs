@@ -21,6 +21,42 @@ pub mod group_reader;
 pub mod plan;
 pub mod position;
 
+/// What `rewind` changes for consumer groups: a group that Redis counts as having been
+/// delivered past `stream_top` (the stream's new end) goes back to its position in Postgres
+/// (restored with the database), so what follows is delivered, and projected, again.
+/// Returns the groups moved.
+pub async fn rewind_groups(
+    pool: &sqlx::PgPool,
+    redis: &mut rocket_rides_platform::redis_conn::RedisConnection,
+    log: &str,
+    partition: i32,
+    stream_top: i64,
+) -> Result<Vec<String>, group::GroupError> {
+    let stream = crate::partition::stream_key(log, partition);
+    let mut moved = Vec::new();
+    for (name, delivered) in group::groups_of(redis, &stream).await? {
+        if delivered <= stream_top {
+            continue;
+        }
+        let at = position::At {
+            stream: log,
+            name: &name,
+            partition,
+        };
+        let back = position::current(pool, at)
+            .await?
+            .unwrap_or(stream_top)
+            .min(stream_top);
+        let group = group::Group {
+            stream: stream.clone(),
+            name: name.clone(),
+        };
+        group.set_id(redis, crate::StreamId::of_seq(back)).await?;
+        moved.push(name);
+    }
+    Ok(moved)
+}
+
 use sqlx::PgExecutor;
 
 use crate::{Entry, LogRecord, RecordError};

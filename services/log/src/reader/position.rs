@@ -82,14 +82,19 @@ pub async fn advance(
     if let Some(now) = moved {
         return Ok(now);
     }
-    let database: Option<i64> = sqlx::query_scalar(CURRENT)
-        .bind(at.stream)
-        .bind(at.name)
-        .bind(at.partition)
-        .fetch_optional(db)
-        .await?;
+    let database = current(db, at).await?;
     Err(PositionError::WentBack {
         known,
         database: database.unwrap_or(0),
     })
+}
+
+/// The position Postgres holds for the group, if it has one.
+pub async fn current(db: impl PgExecutor<'_>, at: At<'_>) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(CURRENT)
+        .bind(at.stream)
+        .bind(at.name)
+        .bind(at.partition)
+        .fetch_optional(db)
+        .await
 }
