@@ -146,7 +146,7 @@ impl Halting {
 pub async fn drive<W: PartitionWorker>(
     mut worker: W,
     report: Report,
-    mine: Option<watch::Receiver<BTreeSet<i32>>>,
+    mut mine: Option<watch::Receiver<BTreeSet<i32>>>,
     cancel: CancellationToken,
 ) {
     let mut backoff = Backoff::default();
@@ -157,10 +157,9 @@ pub async fn drive<W: PartitionWorker>(
             Ok(Turn::Cancelled) => break,
             Ok(Turn::NotOurs) => {
                 halting.clear();
-                let mut mine = mine.clone();
                 tokio::select! {
                     _ = cancel.cancelled() => break,
-                    _ = async { match &mut mine { Some(m) => { m.changed().await.ok(); } None => std::future::pending().await } } => {}
+                    _ = share_changed(&mut mine) => {}
                     _ = tokio::time::sleep(RECHECK) => {}
                 }
                 continue;
@@ -193,4 +192,15 @@ pub async fn drive<W: PartitionWorker>(
         }
     }
     worker.stopped().await;
+}
+
+/// Returns once the share-out changes (each change once); never without a share-out, or once
+/// it has ended.
+async fn share_changed(mine: &mut Option<watch::Receiver<BTreeSet<i32>>>) {
+    if let Some(mine) = mine
+        && mine.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }

@@ -219,10 +219,11 @@ impl Streamer {
                 );
                 standing_by = true;
             }
-            let mut mine = self.mine.clone();
+            // On this receiver, not a clone: a clone would report the same change again on
+            // every pass.
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
-                _ = mine.changed() => {}
+                _ = self.mine.changed() => {}
                 _ = tokio::time::sleep(IDLE_POLL) => {}
             }
         };
