@@ -402,21 +402,11 @@ impl Consumer {
         }
         let dead_letters = dead_letter_stream(&self.stream);
         let mut pipe = redis::pipe();
+        let by = [("consumer", self.config.name.clone())];
         for (id, error) in &plan.malformed {
             tracing::error!(stream_id = %id, %error, dead_letters = %dead_letters, "malformed entry set aside; its archived record is applied");
             self.metrics.dead_letters.increment(1);
-            pipe.cmd("XADD")
-                .arg(&dead_letters)
-                .arg("*")
-                .arg("source_stream")
-                .arg(&self.stream)
-                .arg("source_id")
-                .arg(id)
-                .arg("consumer")
-                .arg(&self.config.name)
-                .arg("error")
-                .arg(error.to_string())
-                .ignore();
+            stream::add_dead_letter(&mut pipe, &self.stream, *id, &by, &error.to_string());
         }
         pipe.query_async::<()>(&mut self.redis.clone()).await
     }

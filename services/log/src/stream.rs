@@ -72,6 +72,29 @@ pub fn dead_letter_stream(stream: &str) -> String {
     format!("{stream}:dead-letter")
 }
 
+/// Queues the XADD that copies entry `source_id` of `stream` to its dead-letter stream, with
+/// who gave up on it (`by`: field and value pairs) and why.
+pub fn add_dead_letter(
+    pipe: &mut redis::Pipeline,
+    stream: &str,
+    source_id: StreamId,
+    by: &[(&str, String)],
+    error: &str,
+) {
+    let cmd = pipe
+        .cmd("XADD")
+        .arg(dead_letter_stream(stream))
+        .arg("*")
+        .arg("source_stream")
+        .arg(stream)
+        .arg("source_id")
+        .arg(source_id);
+    for (field, value) in by {
+        cmd.arg(field).arg(value);
+    }
+    cmd.arg("error").arg(error).ignore();
+}
+
 /// One entry of the log stream: its id, and the record it holds (or why it holds none).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {

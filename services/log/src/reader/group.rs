@@ -13,7 +13,7 @@ use rocket_rides_platform::redis_conn::RedisConnection;
 
 use crate::{
     Entry, StreamId,
-    stream::{BadStreamId, dead_letter_stream},
+    stream::{BadStreamId, add_dead_letter},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -298,26 +298,15 @@ impl Group {
         member: &str,
         letters: &[DeadLetter<'_>],
     ) -> Result<(), GroupError> {
-        let dead_letters = dead_letter_stream(&self.stream);
         let mut pipe = redis::pipe();
         pipe.atomic();
         for letter in letters {
-            pipe.cmd("XADD")
-                .arg(&dead_letters)
-                .arg("*")
-                .arg("source_stream")
-                .arg(&self.stream)
-                .arg("source_id")
-                .arg(letter.id)
-                .arg("group")
-                .arg(&self.name)
-                .arg("member")
-                .arg(member)
-                .arg("deliveries")
-                .arg(letter.deliveries)
-                .arg("error")
-                .arg(letter.reason)
-                .ignore();
+            let by = [
+                ("group", self.name.clone()),
+                ("member", member.to_string()),
+                ("deliveries", letter.deliveries.to_string()),
+            ];
+            add_dead_letter(&mut pipe, &self.stream, letter.id, &by, letter.reason);
             pipe.cmd("XACK")
                 .arg(&self.stream)
                 .arg(&self.name)
