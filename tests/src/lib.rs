@@ -27,12 +27,30 @@ pub fn stream(p: i32) -> String {
     rocket_rides_log::partition::stream_key(rocket_rides_log::stream::DEFAULT_STREAM, p)
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, and that this test process has not handed out before.
+///
+/// Ports come from below the kernel's ephemeral range (32768-60999 here): a port taken from that
+/// range with `bind(0)` can be grabbed as the source port of any outgoing connection before the
+/// service binds it, which made a streamer exit with "Address already in use" in CI.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    // Start where this process's id points, so two test processes rarely walk the same ports.
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id() * 97 % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN)
 }
 
 /// Sends `signal` to `pid`.
