@@ -24,6 +24,7 @@ async fn main() {
     api.start_ready().await;
 
     let create_ride = measure::create_ride(&sys, &api, &settings).await;
+    let limit = measure::limit(&sys, &settings).await;
     let rates = measure::rates(&sys, &settings).await;
     let backlog = measure::backlog(&sys, &settings).await;
     // End to end at half the best CreateRide rate: loaded, not saturated.
@@ -51,6 +52,7 @@ async fn main() {
     let results = Results {
         settings,
         create_ride,
+        limit,
         rates,
         end_to_end,
         steady,

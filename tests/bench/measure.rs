@@ -199,14 +199,15 @@ fn substitute_binds(sql: &str, binds: &[&str]) -> String {
     out
 }
 
-/// pgbench running the same statement at the same concurrency, latencies from its log.
-fn pgbench_run(sys: &System, callers: usize, secs: u64) -> Measured {
+/// pgbench running `script` at `callers` clients; transactions per second, latencies from its
+/// log.
+fn pgbench_run(sys: &System, script: &str, callers: usize, secs: u64) -> Measured {
     let dir = sys
         .dir()
         .join(format!("pgbench-{callers}-{}", rand::random::<u32>()));
     std::fs::create_dir_all(&dir).unwrap();
-    let script = dir.join("ride.sql");
-    std::fs::write(&script, pgbench_script()).unwrap();
+    let script_file = dir.join("script.sql");
+    std::fs::write(&script_file, script).unwrap();
     let out = Command::new("pgbench")
         .current_dir(&dir)
         .args(["-n", "-M", "prepared", "-l", "-c"])
@@ -218,7 +219,7 @@ fn pgbench_run(sys: &System, callers: usize, secs: u64) -> Measured {
             &secs.to_string(),
             "-f",
         ])
-        .arg(&script)
+        .arg(&script_file)
         .arg(sys.pg.url())
         .output()
         .expect("pgbench (from postgresql) is needed");
@@ -259,6 +260,71 @@ fn pgbench_run(sys: &System, callers: usize, secs: u64) -> Measured {
         p50_ms: percentile(&latencies, 0.5),
         p99_ms: percentile(&latencies, 0.99),
     }
+}
+
+/// Rides per transaction of the limit statement.
+pub const LIMIT_ROWS: u32 = 64;
+/// pgbench clients running the limit statement.
+pub const LIMIT_CLIENTS: [usize; 2] = [4, 8];
+
+/// The most this Postgres durably writes of "a ride and its record": one statement writing
+/// `LIMIT_ROWS` rides and their records per transaction into two plain tables with primary keys
+/// only (no partitions, no idempotency index, no sequence per partition).
+fn limit_script() -> String {
+    format!(
+        "WITH ride AS (INSERT INTO limit_rides (distance) \
+         SELECT (5 + random() * 995)::numeric(10, 2) FROM generate_series(1, {LIMIT_ROWS}) \
+         RETURNING id, distance) \
+         INSERT INTO limit_records (ride_id, distance) SELECT id, distance FROM ride;\n"
+    )
+}
+
+/// The limit statement at one pgbench concurrency (medians of the runs).
+pub struct LimitRow {
+    pub clients: usize,
+    pub rides_per_second: f64,
+    /// Postgres CPU per ride, microseconds (pgbench's own CPU not counted).
+    pub postgres_cpu_us: f64,
+}
+
+/// The limit statement at each of `LIMIT_CLIENTS`, on tables of its own beside the log's.
+pub async fn limit(sys: &System, settings: &Settings) -> Vec<LimitRow> {
+    let postgres = sys.pg.pid().expect("Postgres runs");
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS limit_rides (id bigserial PRIMARY KEY, distance numeric NOT NULL);
+         CREATE TABLE IF NOT EXISTS limit_records (id bigserial PRIMARY KEY, ride_id bigint NOT NULL,
+             distance numeric NOT NULL)",
+    )
+    .execute(&sys.db)
+    .await
+    .unwrap();
+    let mut rows = Vec::new();
+    for clients in LIMIT_CLIENTS {
+        let (mut rates, mut cpu_us) = (Vec::new(), Vec::new());
+        for _ in 0..settings.runs {
+            sqlx::query("TRUNCATE limit_rides, limit_records")
+                .execute(&sys.db)
+                .await
+                .unwrap();
+            let before = cpu::family_used(postgres);
+            let measured = pgbench_run(sys, &limit_script(), clients, settings.secs);
+            let rides = measured.per_second * f64::from(LIMIT_ROWS);
+            cpu_us
+                .push((cpu::family_used(postgres) - before) / (rides * settings.secs as f64) * 1e6);
+            rates.push(rides);
+        }
+        let row = LimitRow {
+            clients,
+            rides_per_second: median(rates),
+            postgres_cpu_us: median(cpu_us),
+        };
+        eprintln!(
+            "limit statement, {clients} clients: {:.0} rides/s, Postgres {:.1} µs/ride",
+            row.rides_per_second, row.postgres_cpu_us
+        );
+        rows.push(row);
+    }
+    rows
 }
 
 /// redis-benchmark's XADD of an entry like the streamer's, pipelined as the streamer does.
@@ -612,7 +678,7 @@ pub async fn create_ride(sys: &System, api: &Api, settings: &Settings) -> Vec<Cr
             h2_runs.push(h2load_run(sys, api, callers, settings.secs).await);
             reset(sys).await;
             let before = cpu::family_used(postgres);
-            let measured = pgbench_run(sys, callers, settings.secs);
+            let measured = pgbench_run(sys, &pgbench_script(), callers, settings.secs);
             let used = cpu::family_used(postgres) - before;
             ref_cpu.push(used / (measured.per_second * settings.secs as f64) * 1e6);
             pg_runs.push(measured);

@@ -4,13 +4,17 @@ use std::{fmt::Write as _, path::Path};
 
 use crate::{
     chart,
-    measure::{Backlog, CALLERS, CreateRideRow, EndToEnd, LogRates, Overload, Rates, Settings},
+    measure::{
+        Backlog, CALLERS, CreateRideRow, EndToEnd, LIMIT_ROWS, LimitRow, LogRates, Overload, Rates,
+        Settings,
+    },
 };
 
 /// Everything measured in one `make bench`.
 pub struct Results {
     pub settings: Settings,
     pub create_ride: Vec<CreateRideRow>,
+    pub limit: Vec<LimitRow>,
     pub rates: Rates,
     pub end_to_end: EndToEnd,
     pub steady: EndToEnd,
@@ -22,6 +26,11 @@ pub struct Results {
 /// Targets the figures are held to: CreateRide over pgbench (the original's transaction) at
 /// these callers; stage rates; end to end at half load; answers under overload.
 const CREATE_RIDE_RATIOS: [(usize, f64); 3] = [(1, 0.6), (8, 1.0), (64, 2.0)];
+/// CreateRide over the limit statement at 64-128 callers; the api's CPU per ride; Postgres' CPU
+/// per ride over the limit statement's.
+const LIMIT_RATIO: f64 = 0.5;
+const API_CPU_US: f64 = 15.0;
+const POSTGRES_CPU_RATIO: f64 = 1.5;
 const RATE_TARGET: f64 = 200_000.0;
 const END_TO_END_P99_MS: f64 = 10.0;
 const OVERLOAD_P99_MS: f64 = 1000.0;
@@ -39,6 +48,7 @@ pub fn write(results: &Results, dir: &Path) -> String {
     let mut report = String::new();
     machine(&mut report, &results.settings);
     create_ride(&mut report, &results.create_ride, dir);
+    limit(&mut report, &results.create_ride, &results.limit);
     rates(&mut report, &results.rates, results.settings.backlog);
     backlog(&mut report, &results.backlog);
     partitioned(&mut report, &results.partitioned, results.settings.backlog);
@@ -65,6 +75,49 @@ fn machine(report: &mut String, settings: &Settings) {
     } = settings;
     writeln!(report, "# Rocket Rides Log: benchmark report\n").unwrap();
     writeln!(report, "Machine: {cores} cores, {cpu}. Postgres and Redis as in production (fsync on, AOF `appendfsync always`), all on this machine, release builds. Each figure is the median of {runs} runs of {secs} s (or of {runs} drains of {backlog} records).\n").unwrap();
+}
+
+fn limit(report: &mut String, rows: &[CreateRideRow], limit: &[LimitRow]) {
+    writeln!(report, "## CreateRide next to the limit statement\n").unwrap();
+    writeln!(report, "The most this Postgres durably writes of a ride and its record: pgbench running one statement that inserts {LIMIT_ROWS} rides and their {LIMIT_ROWS} records per transaction into two plain tables with primary keys only. Postgres CPU per ride in microseconds (pgbench's own not counted).\n").unwrap();
+    writeln!(
+        report,
+        "| pgbench clients | rides/s | Postgres CPU/ride |\n|---:|---:|---:|"
+    )
+    .unwrap();
+    for l in limit {
+        writeln!(
+            report,
+            "| {} | {:.0} | {:.1} |",
+            l.clients, l.rides_per_second, l.postgres_cpu_us
+        )
+        .unwrap();
+    }
+    writeln!(report).unwrap();
+    let Some(best) = limit
+        .iter()
+        .max_by(|a, b| a.rides_per_second.total_cmp(&b.rides_per_second))
+    else {
+        return;
+    };
+    for r in rows.iter().filter(|r| r.callers >= 64) {
+        let rate = r.api.per_second.max(r.h2load.per_second);
+        let ratio = rate / best.rides_per_second;
+        writeln!(
+            report,
+            "- Target CreateRide >= {LIMIT_RATIO}x the limit at {} callers: **{rate:.0} vs {:.0} rides/s = {ratio:.2}x, {}**; api CPU {:.1} µs/ride (target <= {API_CPU_US}: {}); Postgres {:.1} µs/ride = {:.2}x the limit's (target <= {POSTGRES_CPU_RATIO}x: {}).",
+            r.callers,
+            best.rides_per_second,
+            verdict(ratio >= LIMIT_RATIO),
+            r.api_cpu_us,
+            verdict(r.api_cpu_us <= API_CPU_US),
+            r.postgres_cpu_us,
+            r.postgres_cpu_us / best.postgres_cpu_us,
+            verdict(r.postgres_cpu_us <= POSTGRES_CPU_RATIO * best.postgres_cpu_us),
+        )
+        .unwrap();
+    }
+    writeln!(report).unwrap();
 }
 
 fn create_ride(report: &mut String, rows: &[CreateRideRow], dir: &Path) {
