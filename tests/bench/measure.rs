@@ -9,16 +9,12 @@ use std::{
     collections::HashMap,
     process::Command,
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use redis::streams::StreamReadReply;
-use rocket_rides_log::{Entry, StreamId, sql::ORIGINAL_RIDE_TRANSACTION};
-use rocket_rides_proto::v1::{
-    CreateRideRequest, GetTotalRequest, consumer_service_client::ConsumerServiceClient,
-    ride_service_client::RideServiceClient,
-};
-use rocket_rides_tests::{Api, Consumer, System, wait_until};
+use rocket_rides_log::sql::ORIGINAL_RIDE_TRANSACTION;
+use rocket_rides_proto::v1::{CreateRideRequest, ride_service_client::RideServiceClient};
+use rocket_rides_tests::{Api, System, wait_until};
 use tonic::Code;
 
 use crate::cpu;
@@ -506,90 +502,50 @@ async fn apply_run(sys: &System, name: &str, backlog: i64) -> f64 {
     rate
 }
 
-/// Open loop at `rate` rides/s for `secs`; every 10th ride is followed until both consumers'
-/// checkpoints (GetTotal's `last_stream_id`) have passed its stream entry. One task tails the
-/// stream to learn each ride's entry, one polls the consumers every millisecond, so following
-/// adds little load. Returns the latencies (ms) from acknowledgement to counted, sorted.
-async fn end_to_end_run(
-    api: &Api,
-    consumers: &[&Consumer],
-    sys: &System,
-    rate: f64,
-    secs: u64,
-) -> Vec<f64> {
-    let rides = RideServiceClient::new(api.channel().await);
-    let mut totals = Vec::new();
-    for c in consumers {
-        totals.push(ConsumerServiceClient::new(c.channel().await));
-    }
-    // Ride id -> its first entry in the stream; rides followed, with when they were acked.
-    let entries: Arc<Mutex<HashMap<i64, StreamId>>> = Arc::default();
-    let pending: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::default();
-    let done = CancellationToken::new();
+/// One followed ride's way through the log, in milliseconds on this machine's clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Hops {
+    /// CreateRide acknowledged -> both consumers' checkpoints past the ride's seq.
+    pub end_to_end: f64,
+    /// The ride's statement started (`rides.created_at`) -> the api's answer received.
+    pub commit: f64,
+    /// The ride's statement started -> the streamer's numbering statement started
+    /// (`log_records.numbered_at`): its wake-up and the pass it waited behind.
+    pub to_numbered: f64,
+    /// Numbered -> both checkpoints past it: the XADD, the consumers' read and their commit.
+    pub to_counted: f64,
+}
 
-    let tail = {
-        let (entries, done) = (entries.clone(), done.clone());
-        let mut redis = sys.redis.connection().await;
-        let mut from = sys.newest_ids(1).await.pop().unwrap_or(StreamId::ZERO);
+/// Rides at `rate` for `secs`, every 10th followed; each followed ride's hops. Both consumers'
+/// progress is polled every millisecond with one indexed query (not through GetTotal, whose
+/// gRPC calls and reads would load the system measured), and matched to the rides afterwards.
+async fn end_to_end_run(api: &Api, sys: &System, rate: f64, secs: u64) -> Vec<Hops> {
+    let rides = RideServiceClient::new(api.channel().await);
+    // Followed rides with when they were acknowledged.
+    let followed: Arc<Mutex<Vec<(i64, SystemTime)>>> = Arc::default();
+    let done = CancellationToken::new();
+    // When both checkpoints of partition 0 reached which seq.
+    let progress = {
+        let (db, done) = (sys.db.clone(), done.clone());
         tokio::spawn(async move {
-            while !done.is_cancelled() {
-                let read: Option<StreamReadReply> = redis::cmd("XREAD")
-                    .arg("COUNT")
-                    .arg(1000)
-                    .arg("BLOCK")
-                    .arg(100)
-                    .arg("STREAMS")
-                    .arg(rocket_rides_tests::stream(0))
-                    .arg(from)
-                    .query_async(&mut redis)
-                    .await
-                    .unwrap();
-                let mut entries = entries.lock().await;
-                for entry in Entry::from_read(read).unwrap() {
-                    if let Ok(record) = &entry.record {
-                        entries.entry(record.ride_id).or_insert(entry.id);
-                    }
-                    from = entry.id;
-                }
-            }
-        })
-    };
-    let samples: Arc<Mutex<Vec<f64>>> = Arc::default();
-    let watch = {
-        let (entries, pending, samples, done) = (
-            entries.clone(),
-            pending.clone(),
-            samples.clone(),
-            done.clone(),
-        );
-        tokio::spawn(async move {
+            let mut conn = db.acquire().await.unwrap();
+            let mut seen: Vec<(SystemTime, i64)> = Vec::new();
             loop {
-                let mut counted = None::<StreamId>;
-                for total in &mut totals {
-                    let at: StreamId = total
-                        .get_total(GetTotalRequest {})
-                        .await
-                        .unwrap()
-                        .into_inner()
-                        .last_stream_id
-                        .parse()
-                        .unwrap();
-                    counted = Some(counted.map_or(at, |c| c.min(at)));
+                let (both, counted): (i64, Option<i64>) = sqlx::query_as(
+                    "SELECT count(*), min(last_seq) FROM consumer_positions
+                     WHERE partition = 0 AND kind = 'checkpoint'",
+                )
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+                let now = SystemTime::now();
+                if let (2, Some(counted)) = (both, counted)
+                    && seen.last().is_none_or(|(_, last)| *last < counted)
+                {
+                    seen.push((now, counted));
                 }
-                let now = Instant::now();
-                let entries = entries.lock().await;
-                let mut pending = pending.lock().await;
-                let mut samples = samples.lock().await;
-                pending.retain(|(ride, acked)| match (entries.get(ride), counted) {
-                    (Some(entry), Some(counted)) if *entry <= counted => {
-                        samples.push(now.duration_since(*acked).as_secs_f64() * 1000.0);
-                        false
-                    }
-                    _ => true,
-                });
-                drop((entries, pending, samples));
                 if done.is_cancelled() {
-                    break;
+                    return seen;
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
@@ -597,13 +553,14 @@ async fn end_to_end_run(
     };
 
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = Instant::now() + Duration::from_secs(secs);
     let mut calls = Vec::new();
     let mut n = 0u64;
     while Instant::now() < end {
         tick.tick().await;
         n += 1;
-        let (mut rides, pending) = (rides.clone(), pending.clone());
+        let (mut rides, followed) = (rides.clone(), followed.clone());
         calls.push(tokio::spawn(async move {
             let request = CreateRideRequest {
                 distance: Some(100.0),
@@ -616,30 +573,70 @@ async fn end_to_end_run(
                 .into_inner()
                 .ride_id;
             if n.is_multiple_of(10) {
-                pending.lock().await.push((ride, Instant::now()));
+                followed.lock().await.push((ride, SystemTime::now()));
             }
         }));
     }
     for call in calls {
         call.await.unwrap();
     }
+    let followed = followed.lock().await.clone();
+    let ids: Vec<i64> = followed.iter().map(|(id, _)| *id).collect();
+    // Statement start, numbering start (seconds since the epoch) and seq of each followed ride.
+    let stored: HashMap<i64, (f64, f64, i64)> = HashMap::from_iter(
+        sqlx::query_as::<_, (i64, f64, f64, i64)>(
+            "SELECT r.id, extract(epoch FROM r.created_at)::float8,
+                    extract(epoch FROM l.numbered_at)::float8, l.seq
+             FROM rides r JOIN log_records l ON l.ride_id = r.id
+             WHERE r.id = ANY($1) AND l.seq IS NOT NULL",
+        )
+        .bind(&ids)
+        .fetch_all(&sys.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, created, numbered, seq)| (id, (created, numbered, seq))),
+    );
+    let top = stored.values().map(|(_, _, seq)| *seq).max().unwrap_or(0);
     wait_until(
-        "every followed ride to be counted",
+        "every followed ride to be counted by both consumers",
         Duration::from_secs(60),
         || async {
-            match pending.lock().await.len() {
-                0 => Ok(()),
-                n => Err(n),
+            let (counted,): (Option<i64>,) = sqlx::query_as(
+                "SELECT min(last_seq) FROM consumer_positions WHERE partition = 0 AND kind = 'checkpoint'",
+            )
+            .fetch_one(&sys.db)
+            .await
+            .unwrap();
+            match counted {
+                Some(c) if c >= top => Ok(()),
+                other => Err(other),
             }
         },
     )
     .await;
+    // Past the last poll that can matter.
+    tokio::time::sleep(Duration::from_millis(5)).await;
     done.cancel();
-    tail.await.unwrap();
-    watch.await.unwrap();
-    let mut all = samples.lock().await.clone();
-    all.sort_by(f64::total_cmp);
-    all
+    let seen = progress.await.unwrap();
+    let secs_of = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+    followed
+        .iter()
+        .map(|(id, acked)| {
+            let (created, numbered, seq) = stored[id];
+            let counted = seen
+                .iter()
+                .find(|(_, c)| *c >= seq)
+                .map(|(at, _)| secs_of(*at))
+                .expect("the ride was counted");
+            Hops {
+                end_to_end: (counted - secs_of(*acked)) * 1000.0,
+                commit: (secs_of(*acked) - created) * 1000.0,
+                to_numbered: (numbered - created) * 1000.0,
+                to_counted: (counted - numbered) * 1000.0,
+            }
+        })
+        .collect()
 }
 
 /// CreateRide and pgbench at one concurrency (medians of the runs).
@@ -940,9 +937,30 @@ pub struct EndToEnd {
     pub rate: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// p50 and p99 of each hop (`Hops`), each over all followed rides of the runs.
+    pub p50: Hops,
+    pub p99: Hops,
     pub streamer_cpu_us: f64,
     pub consumer_cpu_us: f64,
 }
+
+/// The `q` quantile of each hop of `hops`.
+fn hop_percentiles(hops: &[Hops], q: f64) -> Hops {
+    let of = |pick: fn(&Hops) -> f64| {
+        let mut xs: Vec<f64> = hops.iter().map(pick).collect();
+        xs.sort_by(f64::total_cmp);
+        percentile(&xs, q)
+    };
+    Hops {
+        end_to_end: of(|h| h.end_to_end),
+        commit: of(|h| h.commit),
+        to_numbered: of(|h| h.to_numbered),
+        to_counted: of(|h| h.to_counted),
+    }
+}
+
+/// Rides per second of background load at which end-to-end latency is held to its target.
+pub const END_TO_END_RATE: f64 = 700.0;
 
 /// End-to-end latency at `rate` rides/s with a streamer and two consumers running beside `api`.
 pub async fn end_to_end(sys: &System, api: &Api, rate: f64, settings: &Settings) -> EndToEnd {
@@ -953,8 +971,7 @@ pub async fn end_to_end(sys: &System, api: &Api, rate: f64, settings: &Settings)
     streamer.start_ready().await;
     c0.start_ready().await;
     c1.start_ready().await;
-    let mut p50s = Vec::new();
-    let mut p99s = Vec::new();
+    let (mut p50s, mut p99s, mut all) = (Vec::new(), Vec::new(), Vec::new());
     let (mut streamer_cpu, mut consumer_cpu) = (Vec::new(), Vec::new());
     let pids = |s: Option<u32>| vec![s.expect("running")];
     for _ in 0..settings.runs {
@@ -963,23 +980,34 @@ pub async fn end_to_end(sys: &System, api: &Api, rate: f64, settings: &Settings)
             cpu::used(&pids(streamer.pid())),
             cpu::used(&pids(c0.pid())),
         );
-        let samples = end_to_end_run(api, &[&c0, &c1], sys, rate, settings.secs.max(5)).await;
+        let hops = end_to_end_run(api, sys, rate, settings.secs.max(5)).await;
         let records = (rides(sys).await - before.0) as f64;
         streamer_cpu.push((cpu::used(&pids(streamer.pid())) - before.1) / records * 1e6);
         consumer_cpu.push((cpu::used(&pids(c0.pid())) - before.2) / records * 1e6);
-        p50s.push(percentile(&samples, 0.5));
-        p99s.push(percentile(&samples, 0.99));
+        let (p50, p99) = (hop_percentiles(&hops, 0.5), hop_percentiles(&hops, 0.99));
+        p50s.push(p50.end_to_end);
+        p99s.push(p99.end_to_end);
         eprintln!(
-            "end to end at {rate:.0}/s: p50 {:.2} ms, p99 {:.2} ms ({} samples)",
-            p50s.last().unwrap(),
-            p99s.last().unwrap(),
-            samples.len()
+            "end to end at {rate:.0}/s: p50 {:.2} ms, p99 {:.2} ms ({} samples); p50/p99 commit {:.2}/{:.2}, to numbered {:.2}/{:.2}, to counted {:.2}/{:.2}",
+            p50.end_to_end,
+            p99.end_to_end,
+            hops.len(),
+            p50.commit,
+            p99.commit,
+            p50.to_numbered,
+            p99.to_numbered,
+            p50.to_counted,
+            p99.to_counted,
         );
+        all.extend(hops);
     }
+    drop((streamer, c0, c1));
     EndToEnd {
         rate,
         p50_ms: median(p50s),
         p99_ms: median(p99s),
+        p50: hop_percentiles(&all, 0.5),
+        p99: hop_percentiles(&all, 0.99),
         streamer_cpu_us: median(streamer_cpu),
         consumer_cpu_us: median(consumer_cpu),
     }
