@@ -221,3 +221,54 @@ async fn a_cold_backlog_is_numbered_by_the_plan_of_a_warm_one() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_streamers_append_writes_nothing_unless_the_stream_ends_where_expected() {
+    use rocket_rides_log::{LogRecord, StreamId, stream::append_after};
+    let sys = System::start().await;
+    let mut redis = sys.redis.connection().await;
+    let key = stream(0);
+    let record = |seq| LogRecord {
+        log: "l1".into(),
+        partition: 0,
+        epoch: 1,
+        seq,
+        ride_id: seq,
+        distance: "1.5".into(),
+        trace: Default::default(),
+    };
+    let top = |redis| async move {
+        let mut redis = redis;
+        rocket_rides_log::stream::last_id(&mut redis, &stream(0))
+            .await
+            .unwrap()
+    };
+
+    // A missing stream ends at 0.
+    let appended = append_after(&mut redis, &key, 0, &[record(1), record(2)]).await;
+    assert_eq!(appended.unwrap(), None);
+    assert_eq!(top(redis.clone()).await, StreamId::of_seq(2));
+    // Expecting an earlier end (a previous attempt's entries, or Redis lost some): nothing.
+    let moved = append_after(&mut redis, &key, 1, &[record(2), record(3)]).await;
+    assert_eq!(moved.unwrap(), Some(StreamId::of_seq(2)));
+    assert_eq!(top(redis.clone()).await, StreamId::of_seq(2));
+    // An entry another program added after the log's own does not stop the log.
+    let _: String = redis::cmd("XADD")
+        .arg(&key)
+        .arg("2-1")
+        .arg("junk")
+        .arg("1")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(
+        append_after(&mut redis, &key, 2, &[record(3)])
+            .await
+            .unwrap(),
+        None
+    );
+    let read = rocket_rides_log::stream::read_range(&mut redis, &key, 3, 3)
+        .await
+        .unwrap();
+    assert_eq!(read[0].record.as_ref().unwrap(), &record(3));
+}

@@ -182,6 +182,50 @@ pub async fn read_first(
         .map(StreamId::log_seq))
 }
 
+/// Appends records after a check, in one round trip: the stream must end at the seq the caller
+/// believes it does (its last id `<seq>-n`: an entry another program added after the log's own
+/// is the readers' to set aside), or nothing is written. Atomic like MULTI/EXEC (no other client's command
+/// runs in between), so the check holds for the writes.
+const APPEND_AFTER: &str = r"
+local top = '0-0'
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    local info = redis.call('XINFO', 'STREAM', KEYS[1])
+    for i = 1, #info, 2 do
+        if info[i] == 'last-generated-id' then top = info[i + 1] end
+    end
+end
+if string.match(top, '^(%d+)-') ~= ARGV[1] then return top end
+local i = 2
+while i <= #ARGV do
+    local pairs = tonumber(ARGV[i + 1])
+    redis.call('XADD', KEYS[1], ARGV[i], unpack(ARGV, i + 2, i + 1 + 2 * pairs))
+    i = i + 2 + 2 * pairs
+end
+return false
+";
+
+/// Writes `records`, each at its own id, only if the stream ends at seq `after`: otherwise writes
+/// nothing and returns the id the stream ends at (it moved: lost entries, or entries of a
+/// previous attempt), for the caller to find out why.
+pub async fn append_after(
+    redis: &mut impl ConnectionLike,
+    stream: &str,
+    after: i64,
+    records: &[LogRecord],
+) -> Result<Option<StreamId>, redis::RedisError> {
+    let mut eval = redis::cmd("EVAL");
+    eval.arg(APPEND_AFTER).arg(1).arg(stream).arg(after);
+    for record in records {
+        let fields = record.fields();
+        eval.arg(record.stream_id()).arg(fields.len()).arg(fields);
+    }
+    let moved: Option<String> = eval.query_async(redis).await?;
+    moved
+        .map(|top| top.parse())
+        .transpose()
+        .map_err(|e: BadStreamId| (redis::ErrorKind::Parse, "append", e.to_string()).into())
+}
+
 /// Queues the XADD that writes `record` at its own id.
 pub fn add(pipe: &mut redis::Pipeline, stream: &str, record: &LogRecord) {
     pipe.cmd("XADD")

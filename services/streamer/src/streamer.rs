@@ -4,11 +4,14 @@
 //! transaction commits late simply gets a later number, so no ride ever waits on an unrelated
 //! transaction, and once numbered a record keeps its seq, epoch and content forever (it is the
 //! archive). It then writes the numbered records Redis lacks, each at the id `<seq>-0`, and
-//! records how far Redis holds the log (`streamed_seq`) with the next numbering statement, so a
-//! pass costs three round trips on a connection it keeps. Before each batch it compares the
-//! stream with the archive, and stops loudly instead of streaming on when they disagree:
-//! Redis lost entries (run `republish`), the stream is ahead of Postgres (Postgres was restored:
-//! run `rewind`), or an entry differs from its archived record.
+//! records how far Redis holds the log (`streamed_seq`) with the next numbering statement. The
+//! batch is written by a script that first checks the stream ends at `streamed_seq`, so a pass
+//! costs three round trips (number, read the batch, append) on connections it keeps. When the
+//! stream ends elsewhere, nothing is written and the leader compares the stream with the
+//! archive, and stops loudly instead of streaming on when they disagree: Redis lost entries
+//! (run `republish`), the stream is ahead of Postgres (Postgres was restored: run `rewind`), or
+//! an entry differs from its archived record; entries of a previous attempt that match are
+//! adopted.
 //!
 //! Trimming runs before each send and depends on nothing the send does: when Redis is full
 //! (`maxmemory` with `noeviction` refuses the XADD), every retry still trims, so the stream
@@ -25,7 +28,7 @@ use std::{
 
 use rand::Rng;
 use rocket_rides_log::{
-    LogRecord,
+    LogRecord, StreamId,
     archive::{self, Head},
     driver::{ErrorKind, Halting, PartitionWorker, RECHECK, Turn},
     lease::{self, Lease},
@@ -311,33 +314,50 @@ impl Streamer {
                     prune_at = Instant::now() + DDL_RETRY;
                 }
             }
-            let sent = match self.check(lease, head).await? {
-                Ok(head) => {
-                    halting.clear();
-                    // Before sending, and whatever the send does: a full Redis that refuses the
-                    // XADD is still trimmed at every retry, and so frees itself.
-                    if stream_len > u64::from(self.config.max_len)
-                        || trimmed_at.is_none_or(|at| at.elapsed() >= TRIM_EVERY)
-                    {
-                        stream_len =
-                            trim::trim(&self.pool, &mut self.redis, &self.config, p).await?;
-                        trimmed_at = Some(Instant::now());
-                    }
-                    let sent = self.send(&mut db, lease, &head).await?;
-                    sent_upto = sent.recorded_upto.unwrap_or(head.streamed_seq);
-                    stream_len += sent.count as u64;
-                    sent.count
-                }
+            let head = match self.claimed(head).await? {
+                Ok(head) => head,
                 Err(halt) => {
-                    // Halted with the lease held, so no other replica streams meanwhile.
-                    halting.raise(&halt);
-                    tokio::select! {
-                        _ = cancel.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(RECHECK) => {}
-                    }
+                    self.halt(&halt, halting, cancel).await;
                     continue;
                 }
             };
+            // Before sending, and whatever the send does: a full Redis that refuses the XADD is
+            // still trimmed at every retry, and so frees itself.
+            if stream_len > u64::from(self.config.max_len)
+                || trimmed_at.is_none_or(|at| at.elapsed() >= TRIM_EVERY)
+            {
+                stream_len = trim::trim(&self.pool, &mut self.redis, &self.config, p).await?;
+                trimmed_at = Some(Instant::now());
+            }
+            let streamed = head.streamed_seq;
+            let sent = match self.send(&mut db, lease, &head).await? {
+                Ok(sent) => sent,
+                // The stream does not end where Postgres says Redis holds the log.
+                Err(top) => {
+                    let halt = match self.compare(lease, head).await? {
+                        // Adopted what a previous attempt wrote: stream on from there.
+                        Ok(head) if head.streamed_seq > streamed => {
+                            halting.clear();
+                            self.progressed();
+                            continue;
+                        }
+                        Ok(_) => Halt::Diverged {
+                            seq: streamed,
+                            reason: format!(
+                                "the stream ends at {top}, yet its entries agree with the \
+                                 archive; was it changed while this check ran?"
+                            ),
+                        },
+                        Err(halt) => halt,
+                    };
+                    self.halt(&halt, halting, cancel).await;
+                    continue;
+                }
+            };
+            halting.clear();
+            sent_upto = sent.recorded_upto.unwrap_or(head.streamed_seq);
+            stream_len += sent.count as u64;
+            let sent = sent.count;
             self.progressed();
             if numbered == batch || sent == batch as usize {
                 continue;
@@ -394,33 +414,45 @@ impl Streamer {
             .ok_or(StreamError::Fenced(lease.epoch))
     }
 
-    /// Compares the stream with the archive; on agreement, returns the head with
-    /// `streamed_seq` at the stream's end (adopting entries a previous attempt wrote but did
-    /// not record, once they are shown to be the archived records).
-    async fn check(
-        &mut self,
-        lease: &Lease,
-        mut head: Head,
-    ) -> Result<Result<Head, Halt>, StreamError> {
+    /// Halted with the lease held, so no other replica streams meanwhile; looks again after
+    /// `RECHECK` (or on shutdown).
+    async fn halt(&self, halt: &Halt, halting: &mut Halting, cancel: &CancellationToken) {
+        halting.raise(halt);
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = tokio::time::sleep(RECHECK) => {}
+        }
+    }
+
+    /// The head of a log that streams to this streamer's `STREAM_NAME` (the first leader
+    /// claims the log for its stream).
+    async fn claimed(&mut self, head: Head) -> Result<Result<Head, Halt>, StreamError> {
         let configured = &self.config.stream;
         match &head.stream {
-            Some(log) if log != configured => {
-                return Ok(Err(Halt::StreamName {
-                    log: log.clone(),
-                    configured: configured.clone(),
-                }));
-            }
-            Some(_) => {}
+            Some(log) if log != configured => Ok(Err(Halt::StreamName {
+                log: log.clone(),
+                configured: configured.clone(),
+            })),
+            Some(_) => Ok(Ok(head)),
             None => {
-                // The first leader claims the log for its stream.
                 sqlx::query("UPDATE log_head SET stream = $1 WHERE stream IS NULL")
                     .bind(configured)
                     .execute(&self.pool)
                     .await?;
-                head = archive::head(&self.pool, self.partition).await?;
-                return Box::pin(self.check(lease, head)).await;
+                let head = archive::head(&self.pool, self.partition).await?;
+                Box::pin(self.claimed(head)).await
             }
         }
+    }
+
+    /// Compares the stream with the archive; on agreement, returns the head with
+    /// `streamed_seq` at the stream's end (adopting entries a previous attempt wrote but did
+    /// not record, once they are shown to be the archived records).
+    async fn compare(
+        &mut self,
+        lease: &Lease,
+        mut head: Head,
+    ) -> Result<Result<Head, Halt>, StreamError> {
         let stream_top = stream::last_id(&mut self.redis, &self.stream)
             .await?
             .log_seq();
@@ -460,19 +492,25 @@ impl Streamer {
         Ok(Ok(head))
     }
 
-    /// Writes the numbered records after `head.streamed_seq` to the stream.
+    /// Writes the numbered records after `head.streamed_seq` to the stream, in the round trip
+    /// that checks the stream ends at `head.streamed_seq`; when it does not, writes nothing and
+    /// returns the id it ends at (`compare` finds out why).
     async fn send(
         &mut self,
         db: &mut PgConnection,
         lease: &Lease,
         head: &Head,
-    ) -> Result<Sent, StreamError> {
+    ) -> Result<Result<Sent, StreamId>, StreamError> {
         let started = Instant::now();
         let limit = i64::from(self.config.batch_size);
         let records =
             archive::range(db, self.partition, head.streamed_seq, head.last_seq, limit).await?;
         let Some(last) = records.last().map(|r| r.seq) else {
-            return Ok(Sent::default());
+            let top = stream::last_id(&mut self.redis, &self.stream).await?;
+            return Ok(match top.log_seq() == head.streamed_seq {
+                true => Ok(Sent::default()),
+                false => Err(top),
+            });
         };
         let count = records.len();
         let batch = tracing::info_span!(
@@ -488,9 +526,8 @@ impl Streamer {
         );
         // Each record gets a span in its ride's trace, linked to this batch; the stream entry
         // carries that span's context on to the consumers.
-        let mut xadd = redis::pipe();
-        xadd.atomic();
         let mut record_spans = Vec::with_capacity(count);
+        let mut traced = Vec::with_capacity(count);
         for record in records {
             let span = tracing::info_span!(
                 parent: None,
@@ -502,17 +539,19 @@ impl Streamer {
                 log.seq = record.seq,
             );
             let span = propagation::join(span, &record.trace, &batch);
-            let record = LogRecord {
+            traced.push(LogRecord {
                 trace: propagation::of_span(&span),
                 ..record
-            };
-            stream::add(&mut xadd, &self.stream, &record);
+            });
             record_spans.push(span);
         }
-        xadd.query_async::<()>(&mut self.redis)
+        let moved = stream::append_after(&mut self.redis, &self.stream, head.streamed_seq, &traced)
             .instrument(batch.in_scope(|| spans::redis("XADD")))
             .await
             .map_err(StreamError::of_write)?;
+        if let Some(top) = moved {
+            return Ok(Err(top));
+        }
         self.replicated()
             .instrument(batch.in_scope(|| spans::redis("WAIT")))
             .await?;
@@ -534,10 +573,10 @@ impl Streamer {
             );
         }
         tracing::debug!(records = count, last_seq = last, "batch streamed");
-        Ok(Sent {
+        Ok(Ok(Sent {
             count,
             recorded_upto: (!forgot).then_some(last),
-        })
+        }))
     }
 
     /// Waits until `REDIS_WAIT_REPLICAS` replicas have what this connection wrote so far (WAIT
