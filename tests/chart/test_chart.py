@@ -1094,7 +1094,7 @@ def generated_secrets(objects):
     out = {}
     for job in generator_jobs(objects):
         for c in containers(job):
-            assert c["command"] == ["rocket-rides-chaos"] and c["args"][0] == "ensure-secret"
+            assert c["command"] == ["rocket-rides-secrets"] and c["args"][0] == "ensure"
             args = [a.split("=", 1) for a in c["args"][1:]]
             (name,) = [v for k, v in args if k == "--name"]
             out[name] = [v for k, v in args if k == "--key"]
