@@ -10,7 +10,6 @@ import os
 import pathlib
 import re
 import shutil
-import socket
 import subprocess
 import tarfile
 import tempfile
@@ -32,12 +31,6 @@ HELM_CHART = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def podman(*args, timeout=600):
     out = subprocess.run([*PODMAN, *args], capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, f"podman {' '.join(args[:2])}: {out.stderr}"
@@ -51,11 +44,11 @@ def get(url, accept=None):
 
 
 @pytest.fixture(scope="module")
-def registry():
+def registry(free_port):
     binary = shutil.which("docker-registry")
     assert binary, "docker-registry is missing: run `make deps` (Debian's docker-registry)"
     root = pathlib.Path(tempfile.mkdtemp(prefix="rr-oci-"))
-    port = free_port()
+    port = free_port("127.0.0.1")
     config = {"version": 0.1, "log": {"level": "warn"},
               "storage": {"filesystem": {"rootdirectory": str(root / "data")}, "delete": {"enabled": True}},
               "http": {"addr": f"127.0.0.1:{port}"}}

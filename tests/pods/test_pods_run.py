@@ -23,7 +23,6 @@ import os
 import pathlib
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -73,12 +72,6 @@ def wait_for(what, check, timeout):
     pytest.fail(f"{what} not within {timeout} s (last error: {last})")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        return s.getsockname()[1]
-
-
 def podman(*args, check=True, timeout=300):
     out = subprocess.run([*PODMAN, *args], capture_output=True, text=True, timeout=timeout)
     if check:
@@ -117,7 +110,7 @@ def certs(workdir):
 
 
 @pytest.fixture(scope="module")
-def postgres(workdir, certs):
+def postgres(workdir, certs, free_port):
     bindir = next(iter(sorted(pathlib.Path("/usr/lib/postgresql").glob("*/bin"))), None)
     assert bindir and (bindir / "initdb").exists(), "Postgres is missing: run `make deps`"
     data, sock, port = workdir / "pg", workdir / "pg-sock", free_port()
@@ -167,7 +160,7 @@ def postgres(workdir, certs):
 
 
 @pytest.fixture(scope="module")
-def redis(workdir, certs):
+def redis(workdir, certs, free_port):
     assert shutil.which("redis-server"), "Redis is missing: run `make deps`"
     port, tls_port = free_port(), free_port()
     (workdir / "redis").mkdir()
@@ -200,13 +193,13 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
 
 
 @pytest.fixture(scope="module")
-def collector(certs):
+def collector(certs, free_port):
     """The collector over TLS, on the bridge's gateway as the pods see it."""
     from concurrent import futures
     server = grpcio.server(futures.ThreadPoolExecutor(max_workers=4))
     receiver = Collector()
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
-    port = server.add_secure_port("0.0.0.0:0", grpcio.ssl_server_credentials(
+    port = server.add_secure_port(f"0.0.0.0:{free_port()}", grpcio.ssl_server_credentials(
         [(certs["key"].read_bytes(), certs["cert"].read_bytes())]))
     server.start()
     receiver.endpoint = f"https://{HOST}:{port}"
@@ -271,8 +264,8 @@ def expand(text, env):
 
 
 class Pod:
-    def __init__(self, name, spec, cluster, dir):
-        self.name, self.spec, self.cluster = name, spec, cluster
+    def __init__(self, name, spec, cluster, dir, free_port):
+        self.name, self.spec, self.cluster, self.free_port = name, spec, cluster, free_port
         self.dir = dir / name
         self.dir.mkdir()
         self.containers = []
@@ -374,7 +367,7 @@ class Pod:
             publish = []
             if first is None:
                 for p in c.get("ports", []):
-                    self.ports[p["containerPort"]] = free_port()
+                    self.ports[p["containerPort"]] = self.free_port("127.0.0.1")
                     publish += ["--publish", f"127.0.0.1:{self.ports[p['containerPort']]}:{p['containerPort']}"]
             network = "podman" if first is None else f"container:{first}"
             args, _ = self.run_args(c, volumes, network)
@@ -443,7 +436,7 @@ def grpc(port, method, body=None, ca=None):
 
 @pytest.mark.parametrize("scenario", ["plain", "tls"])
 def test_the_pods_the_chart_renders_run_and_count_every_ride(workdir, postgres, redis, certs, collector, image,
-                                                             scenario):
+                                                             free_port, scenario):
     assert os.path.exists(GRPCURL), f"{GRPCURL} is missing: run `make venv`"
     tls = scenario == "tls"
     db = f"rides_{scenario}"
@@ -472,7 +465,7 @@ def test_the_pods_the_chart_renders_run_and_count_every_ride(workdir, postgres, 
     try:
         # Helm's order: the pre-install hook Job first (it must finish), then everything else.
         for job in (o for o in objects if o["kind"] == "Job"):
-            pod = Pod(f"{job['metadata']['name']}-{RUN[:5]}", job["spec"]["template"]["spec"], cluster, workdir)
+            pod = Pod(f"{job['metadata']['name']}-{RUN[:5]}", job["spec"]["template"]["spec"], cluster, workdir, free_port)
             pods.append(pod)
             pod.run_to_completion(timeout=180)
         workloads = [o for o in objects if o["kind"] in {"Deployment", "StatefulSet"}]
@@ -483,7 +476,7 @@ def test_the_pods_the_chart_renders_run_and_count_every_ride(workdir, postgres, 
             for i in range(w["spec"].get("replicas", 1)):
                 name = f"{w['metadata']['name']}-{i}" if w["kind"] == "StatefulSet" else \
                     f"{w['metadata']['name']}-{RUN[:5]}-{i}"
-                pod = Pod(name, w["spec"]["template"]["spec"], cluster, workdir)
+                pod = Pod(name, w["spec"]["template"]["spec"], cluster, workdir, free_port)
                 pods.append(pod)
                 pod.start()
                 by_name[w["metadata"]["name"]] = pod
