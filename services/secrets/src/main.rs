@@ -48,20 +48,30 @@ enum Command {
     },
 }
 
+impl Command {
+    /// The request and the namespace the command line asks for.
+    fn into_request(self) -> Result<(ensure::Request, Option<String>), String> {
+        let Command::Ensure {
+            name,
+            keys,
+            labels,
+            annotations,
+            namespace,
+        } = self;
+        Ok((
+            ensure::Request::new(name, keys, &labels, &annotations)?,
+            namespace,
+        ))
+    }
+}
+
 /// Where the service account's namespace is mounted inside a pod.
 const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let Command::Ensure {
-        name,
-        keys,
-        labels,
-        annotations,
-        namespace,
-    } = Cli::parse().command;
-    let request = match ensure::Request::new(name, keys, &labels, &annotations) {
-        Ok(request) => request,
+    let (request, namespace) = match Cli::parse().command.into_request() {
+        Ok(parsed) => parsed,
         Err(e) => {
             eprintln!("rocket-rides-secrets ensure: {e}");
             return ExitCode::from(2);
@@ -139,17 +149,11 @@ mod tests {
             "--namespace=rides",
         ])
         .unwrap();
-        let Command::Ensure {
-            name,
-            keys,
-            labels,
-            annotations,
-            namespace,
-        } = cli.command;
-        assert_eq!(name, "demo-rocket-rides-redis");
-        assert_eq!(keys, ["redis-password"]);
-        assert_eq!(labels, ["app.kubernetes.io/managed-by=Helm"]);
-        assert_eq!(annotations, ["meta.helm.sh/release-name=demo"]);
+        let (request, namespace) = cli.command.into_request().unwrap();
+        assert_eq!(request.name, "demo-rocket-rides-redis");
+        assert_eq!(request.keys, ["redis-password"]);
+        assert_eq!(request.labels["app.kubernetes.io/managed-by"], "Helm");
+        assert_eq!(request.annotations["meta.helm.sh/release-name"], "demo");
         assert_eq!(namespace.as_deref(), Some("rides"));
         // A key is required.
         assert!(Cli::try_parse_from(["rocket-rides-secrets", "ensure", "--name=x"]).is_err());
