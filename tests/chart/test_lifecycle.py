@@ -3,8 +3,10 @@ git), the version and changelog that go with every change of content, the order 
 Flux and Argo CD apply it, and the checks that compare the values with the live objects (fed
 fixtures in place of a cluster, which this machine does not run)."""
 
+import base64
 import hashlib
-import pathlib
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -186,7 +188,6 @@ def git_files(ref):
 def base_ref():
     """What the chart is compared with: RR_CHART_BASE, else where this branch left main (as
     chart-testing compares with the target branch), else HEAD (on main itself)."""
-    import os
     if os.environ.get("RR_CHART_BASE"):
         return os.environ["RR_CHART_BASE"]
     try:
@@ -324,7 +325,6 @@ def copy_chart(dest):
 def with_live(tmp_path, live):
     """A copy of the chart whose rr.lookup answers from `live`: {"Kind/name": object}."""
     chart = copy_chart(tmp_path / "chart")
-    import json
     (chart / "templates" / "_lookup.tpl").write_text(
         '{{- define "rr.lookup" -}}\n'
         '{{- $live := `' + json.dumps(live) + '` | fromJson -}}\n'
@@ -393,7 +393,6 @@ def test_an_upgrade_keeps_the_live_service_name_of_postgres_and_redis(tmp_path):
 
 
 def b64(s):
-    import base64
     return base64.b64encode(s.encode()).decode()
 
 
