@@ -2079,3 +2079,26 @@ def test_the_alerts_select_this_release_by_namespace_and_pod_alone():
     for theirs in ("other-rocket-rides-api-5f6d4b-a1b2c", f"{FULL}-postgresql-0", f"{FULL}-consumer-audit-0",
                    f"{FULL}-jaeger-5f6d4b-a1b2c"):
         assert not pattern.fullmatch(theirs), theirs
+
+
+def test_the_chart_readme_gives_each_values_default():
+    """The README's default column is values.yaml's value (strings bare, "" when empty, JSON
+    for lists and maps)."""
+    def leaves(v, path=""):
+        if isinstance(v, dict) and v and not path.endswith(("resources", "labels", "Context")):
+            for k, x in v.items():
+                yield from leaves(x, f"{path}.{k}" if path else k)
+        else:
+            yield path, v
+
+    def shown(v):
+        if v is None or isinstance(v, bool):
+            return json.dumps(v)
+        if isinstance(v, str):
+            return v or '""'
+        return str(v) if isinstance(v, (int, float)) else json.dumps(v)
+    readme = (CHART / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `([^`]+)` \| `(.*?)` \|", readme, re.M))
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    wrong = [(path, rows.get(path), shown(v)) for path, v in leaves(values) if rows.get(path) != shown(v)]
+    assert not wrong, wrong
