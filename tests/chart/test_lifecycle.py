@@ -263,34 +263,64 @@ def generated_by_jobs(objects):
             for a in c.get("args", []) if a.startswith("--name=")}
 
 
-@pytest.mark.parametrize("name", sorted(VALUE_SETS))
-def test_nothing_readiness_needs_waits_for_a_hook(name):
-    objects = render(VALUE_SETS[name], auth=name not in NO_AUTH)
+def install_order_problems(objects):
+    """What `helm install --wait` (and Flux, Argo CD) would never get past, or apply in the
+    wrong order, as sentences."""
+    problems = []
     waited = [o for o in objects if o["kind"] in {"Deployment", "StatefulSet", "DaemonSet"}]
-    assert waited
     # A post-install/post-upgrade hook runs only after `--wait` saw every workload ready, and
     # Argo CD runs it as PostSync: nothing a workload needs may be one.
     for o in objects:
         late = hooks(o) & {"post-install", "post-upgrade"}
-        assert not late, f"{o['kind']} {o['metadata']['name']} runs as {late}: make it part of the release"
+        if late:
+            problems.append(f"{o['kind']} {o['metadata']['name']} runs as {sorted(late)}")
     rendered_secrets = {o["metadata"]["name"] for o in objects if o["kind"] == "Secret" and not is_hook(o)}
     rendered_configmaps = {o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap" and not is_hook(o)}
     hook_made = {o["metadata"]["name"] for o in objects if o["kind"] in {"Secret", "ConfigMap"} and is_hook(o)}
+    hook_made |= generated_by_jobs([o for o in objects if is_hook(o)])
     by_jobs = generated_by_jobs([o for o in objects if not is_hook(o)])
     for w in waited:
         secrets, configmaps = referenced(pod_spec(w))
         # Whatever a waited-on pod mounts comes from the release itself (rendered, or made by
-        # a plain Job that runs alongside), never from a hook, or from the user.
-        assert not (secrets | configmaps) & hook_made, w["metadata"]["name"]
-        for s in secrets - rendered_secrets - by_jobs:
-            assert s not in {f"{FULL}-postgresql", f"{FULL}-redis"}, (w["metadata"]["name"], s)
+        # a plain Job that runs alongside) or from the user, never from a hook.
+        for s in sorted((secrets | configmaps) & hook_made):
+            problems.append(f"{w['metadata']['name']} needs {s}, which only a hook makes")
+        for s in sorted(secrets - rendered_secrets - by_jobs - hook_made):
+            if s in {f"{FULL}-postgresql", f"{FULL}-redis"}:
+                problems.append(f"{w['metadata']['name']} needs {s}, which nothing in the release makes")
     # Pre-install hooks run before any object of the release exists: they may only use what the
     # user made.
     release_made = rendered_secrets | rendered_configmaps | by_jobs
     for o in objects:
         if {"pre-install"} & hooks(o) and o["kind"] in {"Job", "Pod"}:
             secrets, configmaps = referenced(pod_spec(o))
-            assert not (secrets | configmaps) & release_made, o["metadata"]["name"]
+            for s in sorted((secrets | configmaps) & release_made):
+                problems.append(f"pre-install hook {o['metadata']['name']} needs {s}, made only later")
+    return problems
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_nothing_readiness_needs_waits_for_a_hook(name):
+    objects = render(VALUE_SETS[name], auth=name not in NO_AUTH)
+    assert [o for o in objects if o["kind"] in {"Deployment", "StatefulSet"}]
+    assert install_order_problems(objects) == []
+
+
+def test_the_install_order_check_sees_a_secret_only_a_hook_makes():
+    """It can fail: the generated-secrets Job made a post-install hook (as some charts do)."""
+    objects = render({}, auth=False)
+    for o in objects:
+        if o["kind"] == "Job" and o["metadata"]["name"].startswith(f"{FULL}-generated-secrets"):
+            o["metadata"].setdefault("annotations", {})["helm.sh/hook"] = "post-install"
+    problems = install_order_problems(objects)
+    assert any("runs as ['post-install']" in p for p in problems)
+    assert f"{FULL}-api needs {FULL}-postgresql, which only a hook makes" in problems
+    # And a pre-install hook that needs what the release makes.
+    objects = render(VALUE_SETS["external"])
+    job = find(objects, "Job", f"{FULL}-migrations")
+    pod_spec(job)["volumes"] = [{"name": "x", "configMap": {"name": f"{FULL}-dashboard"}}]
+    objects.append({"kind": "ConfigMap", "metadata": {"name": f"{FULL}-dashboard"}})
+    assert f"pre-install hook {FULL}-migrations needs {FULL}-dashboard, made only later" in install_order_problems(objects)
 
 
 def test_an_unformed_redis_cluster_node_is_ready_so_nothing_waits_on_its_bootstrap():
@@ -301,8 +331,8 @@ def test_an_unformed_redis_cluster_node_is_ready_so_nothing_waits_on_its_bootstr
     assert "cluster_known_nodes:1" in probe and "cluster_state:ok" in probe
 
 
-def test_the_install_order_check_catches_a_post_install_hook(tmp_path):
-    """The check above can fail: the 0.2.0 chart's bootstrap Job was a post-install hook."""
+def test_the_install_order_check_catches_the_0_2_0_bootstrap_hook(tmp_path):
+    """The check above would have failed on 0.2.0: its bootstrap Job was a post-install hook."""
     old = released()["0.2.0"]
     text = git("show", f"{old}:{CHART_PATH}/templates/redis-cluster.yaml")
     assert "post-install" in text
@@ -310,7 +340,8 @@ def test_the_install_order_check_catches_a_post_install_hook(tmp_path):
     chart = copy_chart(tmp_path / "chart")
     shutil.copy(tmp_path / "redis-cluster.yaml", chart / "templates" / "redis-cluster.yaml")
     objects = render_chart(chart, with_auth(VALUE_SETS["cluster"]), is_install=True)
-    assert [o["metadata"]["name"] for o in objects if {"post-install"} & hooks(o)] == [f"{FULL}-redis-cluster-bootstrap"]
+    assert install_order_problems(objects) == [
+        f"Job {FULL}-redis-cluster-bootstrap runs as ['post-install', 'post-upgrade']"]
 
 
 # ---- Checks against the live cluster. The chart reads the cluster in one place
