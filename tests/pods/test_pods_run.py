@@ -232,6 +232,10 @@ VALUES = {
     "history": {"replicas": 1},
     "consumer": {"groups": [{"name": "totals-a", "replicas": 1}, {"name": "totals-b", "replicas": 1}]},
     "logFormat": "text",
+    # The options users add: a variable, a scratch volume and its mount in every app container.
+    "extraEnv": [{"name": "RR_PODS_TEST", "value": "$(POD_NAME) in $(POD_NAMESPACE)"}],
+    "extraVolumes": [{"name": "scratch", "emptyDir": {}}],
+    "extraVolumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
 }
 
 
@@ -485,6 +489,14 @@ def test_the_pods_the_chart_renders_run_and_count_every_ride(workdir, postgres, 
                 continue
             pod.wait_ready()
         print(f"every pod ready {time.monotonic() - started:.0f} s after the first started")
+        for pod in by_name.values():
+            (_, cid), = pod.containers
+            config = json.loads(podman("inspect", cid).stdout)[0]
+            assert f"RR_PODS_TEST={pod.name} in {NAMESPACE}" in config["Config"]["Env"], pod.name
+            assert "/scratch" in {m["Destination"] for m in config["Mounts"]}, pod.name
+            # As the pod spec says: read-only root, no capabilities, its user.
+            assert config["HostConfig"]["ReadonlyRootfs"] and config["Config"]["User"] == "65532:65532", pod.name
+            assert not config["EffectiveCaps"], pod.name
 
         api = by_name[f"{FULL}-api"]
         api_port = api.ports[50051]
