@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 
 import helm_python
@@ -459,3 +460,84 @@ def test_a_secret_without_helms_ownership_is_refused_with_the_commands_to_adopt_
              "annotations": {"meta.helm.sh/release-name": "other", "meta.helm.sh/release-namespace": NAMESPACE}}
     live[f"Secret/{FULL}-redis"]["metadata"] = other
     assert "is not this release's" in live_error(tmp_path / "other", live, {})
+
+
+# ---- The Redis Cluster's bootstrap Job and readiness, run against real Redis cluster nodes.
+
+@pytest.fixture
+def cluster_nodes(tmp_path, free_port):
+    """Six real redis-server nodes in cluster mode, not yet a cluster, with a password."""
+    assert shutil.which("redis-server"), "Redis is missing: run `make deps`"
+    ports, servers = [], []
+    while len(ports) < 6:
+        # The cluster bus listens on port + 10000: that one must be free too.
+        port = free_port("127.0.0.1")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port + 10000)) != 0:
+                ports.append(port)
+    try:
+        for port in ports:
+            servers.append(subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                 "--cluster-config-file", f"nodes-{port}.conf", "--dir", str(tmp_path), "--save", "",
+                 "--requirepass", "pw", "--masterauth", "pw"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        yield ports
+    finally:
+        for s in servers:
+            s.terminate()
+            s.wait(timeout=30)
+
+
+def redis_shim(tmp_path, port):
+    """PATH with a redis-cli that talks to `port`: the probes' `redis-cli` means this pod's own
+    node (127.0.0.1:6379 in the pod)."""
+    real = shutil.which("redis-cli")
+    bin_dir = tmp_path / f"bin-{port}"
+    bin_dir.mkdir()
+    (bin_dir / "redis-cli").write_text(f'#!/bin/sh\nexec {real} -p {port} "$@"\n')
+    (bin_dir / "redis-cli").chmod(0o755)
+    return f"{bin_dir}:/usr/bin:/bin"
+
+
+def probe_passes(sts, kind, tmp_path, port):
+    command = containers(sts, init=False)[0][kind]["exec"]["command"]
+    shim = tmp_path / f"bin-{port}"
+    env = {"PATH": f"{shim}:/usr/bin:/bin" if shim.exists() else redis_shim(tmp_path, port), "REDISCLI_AUTH": "pw"}
+    return subprocess.run(command, env=env, capture_output=True, timeout=30).returncode == 0
+
+
+def bootstrap_script(values, ports):
+    objects = render(values)
+    (job,) = [o for o in objects if o["kind"] == "Job" and "-redis-cluster-bootstrap-" in o["metadata"]["name"]]
+    script = containers(job)[0]["args"][0]
+    # The nodes' DNS names (<pod>.<headless service>:6379) as this machine reaches them.
+    for i, port in enumerate(ports):
+        script = script.replace(f"{FULL}-redis-cluster-{i}.{FULL}-redis-cluster-headless:6379", f"127.0.0.1:{port}")
+    assert "redis-cluster-headless" not in script
+    return script
+
+
+def test_the_bootstrap_job_forms_the_cluster_once_and_nodes_are_ready_before_it(cluster_nodes, tmp_path):
+    cluster = merged(VALUE_SETS["cluster"], {})
+    sts = find(render(cluster), "StatefulSet", f"{FULL}-redis-cluster")
+    # Not yet a cluster: every node is ready (nothing that --wait waits for needs the Job first).
+    for port in cluster_nodes:
+        assert probe_passes(sts, "readinessProbe", tmp_path, port) and probe_passes(sts, "livenessProbe", tmp_path, port)
+    env = {"PATH": "/usr/bin:/bin", "REDISCLI_AUTH": "pw"}
+    run = lambda script: subprocess.run(["sh", "-ec", script], env=env, capture_output=True, text=True, timeout=120)
+    formed = run(bootstrap_script(cluster, cluster_nodes))
+    assert formed.returncode == 0, formed.stdout + formed.stderr
+    assert "the cluster stands: 6 nodes, cluster_state:ok on each" in formed.stdout
+    info = subprocess.run(["redis-cli", "-p", str(cluster_nodes[0]), "cluster", "info"], env=env,
+                          capture_output=True, text=True, timeout=30).stdout
+    assert "cluster_slots_assigned:16384" in info and "cluster_size:3" in info
+    for port in cluster_nodes:
+        assert probe_passes(sts, "readinessProbe", tmp_path, port)
+    # Run again (every upgrade, or a Job re-created): nothing to do.
+    again = run(bootstrap_script(cluster, cluster_nodes))
+    assert again.returncode == 0 and "already stands" in again.stdout, again.stdout + again.stderr
+    # Another shape: the Job refuses, saying what to do.
+    smaller = merged(cluster, {"redis": {"cluster": {"masters": 5, "replicasPerMaster": 0}}})
+    refused = run(bootstrap_script(smaller, cluster_nodes[:5]))
+    assert refused.returncode == 1 and "redis-cli --cluster add-node" in refused.stderr
