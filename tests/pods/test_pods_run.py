@@ -549,3 +549,32 @@ def test_the_pods_the_chart_renders_run_and_count_every_ride(workdir, postgres, 
     finally:
         for pod in pods:
             pod.remove()
+
+
+def test_the_jobs_that_call_the_kubernetes_api_speak_their_binarys_command_line(workdir, image, free_port):
+    """The generated-secrets Job and the chaos CronJob need an API server, which does not run
+    here; their pod specs still run from the image, so the binaries exist and accept what the
+    chart passes, and stop at the missing API with exit 1 and a message saying so."""
+    chart = helm_python.Chart.load(str(CHART))
+    try:
+        files = chart.render(merged(VALUES, {"postgresql": {"enabled": True}, "redis": {"enabled": True},
+                                             "chaos": {"enabled": True}}),
+                             name=RELEASE, namespace=NAMESPACE, is_install=True)
+    finally:
+        chart.close()
+    objects = [o for p, t in files.items() if p.endswith(".yaml") for o in yaml.safe_load_all(t) if o]
+    specs = {o["metadata"]["name"]: o["spec"]["template"]["spec"] for o in objects if o["kind"] == "Job"
+             and o["metadata"]["name"].startswith(f"{FULL}-generated-secrets")}
+    specs |= {o["metadata"]["name"]: o["spec"]["jobTemplate"]["spec"]["template"]["spec"] for o in objects
+              if o["kind"] == "CronJob"}
+    assert len(specs) == 2
+    dir = workdir / "api-callers"
+    dir.mkdir()
+    for name, spec in specs.items():
+        pod = Pod(f"{name[:40]}-{RUN[:5]}", spec, {"Secret": {}, "ConfigMap": {}}, dir, free_port)
+        volumes = pod.volumes()
+        for c in spec["containers"]:
+            args, _ = pod.run_args(c, volumes, "none")
+            out = podman("run", "--rm", *args, check=False, timeout=120)
+            assert out.returncode == 1, (name, c["name"], out.returncode, out.stderr[-2000:])
+            assert "cannot find the Kubernetes API" in out.stdout + out.stderr, (name, out.stderr[-2000:])
