@@ -6,8 +6,9 @@ args and env (secretKeyRef, fieldRef and $(VAR) expansion as Kubernetes does the
 ConfigMap volumes mounted read-only with their items and modes, the user and groups, a
 read-only root filesystem without podman's tmpfs, all capabilities dropped, no privilege
 escalation; the test then acts as the kubelet's gRPC probes (startup, readiness, liveness) and
-as a user: grpcurl creates a ride, and both logical consumers' totals agree with the rides
-table. Nothing of the pod specs is written by hand here: a change in the chart that breaks a
+as a user: grpcurl creates rides, then the simulator's pod (which reaches the others by their
+Services' names, resolved to their pods as cluster DNS would) adds more, and both logical
+consumers' totals agree with the rides table. Nothing of the pod specs is written by hand here: a change in the chart that breaks a
 pod breaks this test. Twice: in plaintext, and with TLS wherever the chart wires it (Postgres
 verify-full and Redis rediss:// against a CA bundle from a Secret, the gRPC servers on TLS from
 a kubernetes.io/tls Secret with their probes on the plaintext health port, traces to an
@@ -96,8 +97,12 @@ def certs(workdir):
     our gRPC servers), for the addresses the clients use."""
     d = workdir / "tls"
     d.mkdir()
-    (d / "server.ext").write_text(f"subjectAltName=IP:{HOST},IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
-                                  "keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n")
+    # The gRPC servers' Service names too: the simulator calls them by name.
+    services = [f"{FULL}-api", f"{FULL}-api-headless", f"{FULL}-history"] + \
+        [f"{FULL}-consumer-{g}{h}" for g in ("totals-a", "totals-b") for h in ("", "-headless")]
+    names = ",".join(f"DNS:{n}" for n in services)
+    (d / "server.ext").write_text(f"subjectAltName=IP:{HOST},IP:127.0.0.1,DNS:localhost,{names}\n"
+                                  "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
     for args in (["req", "-x509", "-days", "2", "-subj", "/CN=rocket-rides-pods-ca", *ec, "-keyout", "ca.key",
                   "-out", "ca.pem"],
@@ -232,6 +237,7 @@ VALUES = {
     "history": {"replicas": 1},
     "consumer": {"groups": [{"name": "totals-a", "replicas": 1}, {"name": "totals-b", "replicas": 1}]},
     "logFormat": "text",
+    "simulator": {"enabled": True, "ridesPerSecond": 10},
     # The options users add: a variable, a scratch volume and its mount in every app container.
     "extraEnv": [{"name": "RR_PODS_TEST", "value": "$(POD_NAME) in $(POD_NAMESPACE)"}],
     "extraVolumes": [{"name": "scratch", "emptyDir": {}}],
@@ -268,8 +274,10 @@ def expand(text, env):
 
 
 class Pod:
-    def __init__(self, name, spec, cluster, dir, free_port):
+    def __init__(self, name, spec, cluster, dir, free_port, hosts=None):
         self.name, self.spec, self.cluster, self.free_port = name, spec, cluster, free_port
+        # Cluster DNS as this pod would see it: {name: IP}.
+        self.hosts = hosts or {}
         self.dir = dir / name
         self.dir.mkdir()
         self.containers = []
@@ -334,6 +342,8 @@ class Pod:
             assert user not in (None, 0), f"{self.name}/{c['name']}: runAsNonRoot without a non-root runAsUser"
         args = ["--name", f"rr-{RUN}-{self.name}-{c['name']}"[:120], "--network", network, "--hostname", self.name,
                 "--pull", "never"]
+        for host, ip in sorted(self.hosts.items()):
+            args += ["--add-host", f"{host}:{ip}"]
         if user is not None:
             args += ["--user", f"{user}:{group if group is not None else user}"]
         if psc.get("fsGroup") is not None:
@@ -416,6 +426,10 @@ class Pod:
         assert state["Running"] or state["ExitCode"] == 0, f"{self.name}: exited {state['ExitCode']}: {self.logs(cid)}"
         return state["Running"]
 
+    def ip(self):
+        (_, cid), *_ = self.containers
+        return json.loads(podman("inspect", cid).stdout)[0]["NetworkSettings"]["Networks"]["podman"]["IPAddress"]
+
     def stop(self):
         """SIGTERM and the grace period, as a pod deletion: every container exits 0."""
         grace = self.spec.get("terminationGracePeriodSeconds", 30)
@@ -474,7 +488,11 @@ def test_the_pods_the_chart_renders_run_and_count_every_ride(workdir, postgres, 
             pod.run_to_completion(timeout=180)
         workloads = [o for o in objects if o["kind"] in {"Deployment", "StatefulSet"}]
         assert {o["metadata"]["name"] for o in workloads} == {
-            f"{FULL}-api", f"{FULL}-streamer", f"{FULL}-history", f"{FULL}-consumer-totals-a", f"{FULL}-consumer-totals-b"}
+            f"{FULL}-api", f"{FULL}-streamer", f"{FULL}-history", f"{FULL}-consumer-totals-a", f"{FULL}-consumer-totals-b",
+            f"{FULL}-simulator"}
+        # The simulator calls the others by their Services' names: it starts once they run.
+        simulator = next(w for w in workloads if w["metadata"]["name"] == f"{FULL}-simulator")
+        workloads.remove(simulator)
         by_name = {}
         for w in workloads:
             for i in range(w["spec"].get("replicas", 1)):
@@ -519,6 +537,33 @@ def test_the_pods_the_chart_renders_run_and_count_every_ride(workdir, postgres, 
         history = by_name[f"{FULL}-history"].ports[50055]
         wait_for("history's ride", lambda: grpc(history, "rocketrides.v1.HistoryService/ListRides",
                                                  {"rider_id": "rider-1"}, ca).get("rides"), 60)
+
+        # The simulator: each Service's name (short and qualified) resolves to the IP of a pod
+        # it selects, as cluster DNS would (one pod each here, so ClusterIP and headless alike).
+        hosts = {}
+        for svc in (o for o in objects if o["kind"] == "Service"):
+            selector = svc["spec"]["selector"].items()
+            target = next((by_name[w["metadata"]["name"]] for w in workloads
+                           if selector <= w["spec"]["template"]["metadata"]["labels"].items()), None)
+            if target:
+                name = svc["metadata"]["name"]
+                for host in (name, f"{name}.{NAMESPACE}", f"{name}.{NAMESPACE}.svc", f"{name}.{NAMESPACE}.svc.cluster.local"):
+                    hosts[host] = target.ip()
+        sim = Pod(f"{FULL}-simulator-{RUN[:5]}-0", simulator["spec"]["template"]["spec"], cluster, workdir, free_port,
+                  hosts)
+        pods.append(sim)
+        sim.start()
+        sim.wait_ready()
+        # It creates rides through the api (over TLS when the servers speak it) until stopped.
+        wait_for("the simulator's rides", lambda: int(postgres["sql"](db, "SELECT COUNT(*) FROM rides")) >= 30, 60)
+        assert set(sim.stop().values()) == {0}
+        total, count = postgres["sql"](db, "SELECT SUM(distance), COUNT(*) FROM rides").split("|")
+        for group in ("totals-a", "totals-b"):
+            port = by_name[f"{FULL}-consumer-{group}"].ports[50052]
+            answer = wait_for(f"{group}'s total after the simulator", lambda: (
+                lambda t: t if int(t.get("rideCount", 0)) == int(count) else None)(
+                grpc(port, "rocketrides.v1.ConsumerService/GetTotal", ca=ca)), 60)
+            assert answer["totalDistance"] == pytest.approx(float(total))
         if tls:
             # The servers speak nothing but TLS on their gRPC ports; the probes used the
             # plaintext health port.
@@ -532,7 +577,7 @@ def test_the_pods_the_chart_renders_run_and_count_every_ride(workdir, postgres, 
         if tls:
             # One trace per ride, from the CreateRide call through the streamer to every consumer
             # (each group's pod) and history, each span from its pod (OTEL_RESOURCE_ATTRIBUTES).
-            pods_expected = {p.name for p in by_name.values()}
+            pods_expected = {p.name for p in by_name.values()}  # the simulator aside: grpcurl made the ride
 
             def whole_trace():
                 by_trace = {}
