@@ -3,12 +3,12 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: up test deps venv build lint unit integration chart soak bench image image-debug clean
+.PHONY: up test deps venv build lint unit integration chart pods oci soak bench image image-debug clean
 
 up:
 	bash deploy/local/up.sh
 
-test: deps venv lint build unit image-debug integration chart
+test: deps venv lint build unit image-debug integration chart pods oci
 
 # PostgreSQL and Redis from apt-get when missing.
 deps:
@@ -49,6 +49,16 @@ bench:
 chart: deps venv
 	$(PY) -m pytest -q tests/chart
 
+# The pods the chart renders, run under podman (runc) from the image image-debug built, against a
+# Postgres and a Redis of the test's own: tests/pods.
+pods: deps venv image-debug
+	$(PY) -m pytest -q tests/pods
+
+# The image and the packaged chart pushed to a local OCI registry (Debian's docker-registry,
+# installed when missing) and pulled back: tests/oci.
+oci: deps venv image-debug
+	$(PY) -m pytest -q tests/oci
+
 # The OCI image without a Docker daemon (buildah, from scratch; deploy/image/build.sh) from the
 # release binaries: localhost/rocket-rides-log:<version>, saved as target/image/rocket-rides-log.oci.tar.
 # With Docker instead: docker build -f deploy/Dockerfile . (the same content).
@@ -58,7 +68,7 @@ image: deps
 
 # The same image from the debug binaries `make build` made, in seconds rather than a release
 # build: localhost/rocket-rides-log:<version>-debug, target/image/rocket-rides-log-debug.oci.tar.
-# The container smoke test (tests/it/container.rs) runs it.
+# tests/pods runs the chart's pods from it.
 image-debug: deps build
 	PROFILE=debug bash deploy/image/build.sh
 

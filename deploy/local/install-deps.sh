@@ -10,11 +10,13 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
-# The OCI image (make image) and its container smoke test: buildah and podman on runc.
+# The OCI image (make image) and the chart's pods run from it (tests/pods): buildah and podman on runc.
 command -v buildah >/dev/null || missing+=(buildah)
 command -v podman >/dev/null || missing+=(podman)
 command -v runc >/dev/null || missing+=(runc)
 command -v openssl >/dev/null || missing+=(openssl)
+# tests/oci: a local OCI registry (the CNCF distribution) to publish the image and the chart to.
+command -v docker-registry >/dev/null || missing+=(docker-registry)
 if [ "${1:-}" = bench ]; then
   command -v h2load >/dev/null || missing+=(nghttp2-client)
 fi

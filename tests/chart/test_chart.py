@@ -3,6 +3,7 @@ every object validated against the Kubernetes schemas, then the things a schema 
 
 import base64
 import copy
+import ipaddress
 import json
 import os
 import pathlib
@@ -30,7 +31,9 @@ FULL = f"{RELEASE}-rocket-rides"
 AUTH = {"postgresql": {"auth": {"password": "app-secret", "postgresPassword": "super-secret"}},
         "redis": {"auth": {"password": "redis-secret"}}}
 DEMO = yaml.safe_load((CHART / "values-demo.yaml").read_text())
-MONITORING = {"monitoring": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
+# The PodMonitor instead of the ServiceMonitor (both at once are refused).
+POD_MONITORING = {"monitoring": {"podMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}}
+MONITORING = {"monitoring": {"serviceMonitor": {"enabled": True},
                              "prometheusRule": {"enabled": True}, "grafanaDashboard": {"enabled": True}}}
 
 # TLS everywhere the chart can wire it: an external Postgres (verify-full) and Redis Cluster
@@ -83,6 +86,30 @@ VALUE_SETS = {
                  "history": {"enabled": False}},
     # No passwords at all: the generatedSecrets Job creates the Secrets in the cluster.
     "generated": {"chaos": {"enabled": True}},
+    # The options users expect from a chart (issue 20, point 9), all at once.
+    "options": {
+        "global": {"imagePullSecrets": ["mirror"]},
+        "imagePullSecrets": [{"name": "regcred"}],
+        "serviceAccount": {"annotations": {"iam.gke.io/gcp-service-account": "rides@p.iam.gserviceaccount.com"}},
+        "priorityClassName": "rides-critical",
+        "podAnnotations": {"team.example.com/owner": "rides"},
+        "podLabels": {"team": "rides"},
+        "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+        "extraVolumes": [{"name": "vault", "csi": {"driver": "secrets-store.csi.k8s.io", "readOnly": True}}],
+        "extraVolumeMounts": [{"name": "vault", "mountPath": "/mnt/vault", "readOnly": True}],
+        "api": {"autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 6,
+                                "targetMemoryUtilizationPercentage": 75},
+                "service": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                            "annotations": {"service.beta.kubernetes.io/aws-load-balancer-type": "nlb"}},
+                "ingress": {"enabled": True, "className": "nginx",
+                            "annotations": {"nginx.ingress.kubernetes.io/backend-protocol": "GRPC"},
+                            "hosts": [{"host": "rides.example.com"}],
+                            "tls": [{"secretName": "rides-tls", "hosts": ["rides.example.com"]}]}},
+        "jaeger": {"ingress": {"enabled": True, "hosts": [{"host": "traces.example.com",
+                                                           "paths": [{"path": "/", "pathType": "Prefix"}]}]}},
+        "redis": {"cluster": {"enabled": True, "podAntiAffinity": "soft"}},
+        "chaos": {"enabled": True},
+    },
 }
 # Value sets whose secrets come from existingSecret or are generated (no password values).
 NO_AUTH = {"existing", "generated"}
@@ -294,9 +321,12 @@ def test_secret_and_config_references_resolve(rendered):
 def test_pod_disruption_budgets_exactly_where_replicas_exceed_one(rendered):
     _, objects = rendered
     pdbs = {o["metadata"]["name"]: o for o in objects if o["kind"] == "PodDisruptionBudget"}
+    # An autoscaled workload has no replica count of its own: its autoscaler's floor counts.
+    floors = {o["spec"]["scaleTargetRef"]["name"]: o["spec"]["minReplicas"] for o in objects
+              if o["kind"] == "HorizontalPodAutoscaler"}
     for obj in (o for o in objects if o["kind"] in {"Deployment", "StatefulSet"}):
         name = obj["metadata"]["name"]
-        if obj["spec"].get("replicas", 1) > 1:
+        if obj["spec"].get("replicas", floors.get(name, 1)) > 1:
             assert name in pdbs, f"{name} needs a PodDisruptionBudget"
             assert pdbs[name]["spec"]["selector"]["matchLabels"].items() <= pod_labels(obj).items()
         else:
@@ -445,6 +475,9 @@ host = address.split(":")[0]
 if host in os.environ.get("DOWN", "").split():
     sys.exit("connection refused")
 created = (state / "created").exists()
+if method.endswith("/Check"):
+    print(json.dumps({{"status": "SERVING"}}, indent=2))
+    sys.exit(0)
 if method.endswith("/CreateRide"):
     if bump("create-calls") <= int(os.environ.get("FLAKY", "0")):
         sys.exit("Failed to dial target host: connection refused")
@@ -470,7 +503,9 @@ print(json.dumps({{"consumer": host, "totalDistance": 10, "rideCount": str(7 + c
 
 
 def run_helm_test(tmp_path, values, **env):
-    script = helm_test_script(render(values))
+    """The helm test's script against the fake grpcurl; it creates a ride unless `values` say
+    tests.createRide=false."""
+    script = helm_test_script(render(merged({"tests": {"createRide": True}}, values)))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "grpcurl"
@@ -527,6 +562,41 @@ def test_the_helm_test_fails_in_time_when_a_service_does_not_answer(tmp_path, en
     out, _ = run_helm_test(tmp_path, values, **env)
     assert out.returncode == 1
     assert message in out.stdout
+
+
+def test_by_default_the_helm_test_writes_nothing_and_checks_every_service(tmp_path):
+    read_only = merged(VALUE_SETS["hardened"], {"tests": {"createRide": False}})
+    out, calls = run_helm_test(tmp_path, read_only)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not any("CreateRide" in c for c in calls)
+    services = [f"{FULL}-api:50051", f"{FULL}-history:50055", f"{consumer_name('totals')}:50052",
+                f"{consumer_name('audit')}:50052"]
+    assert [c.split()[0] for c in calls if c.split()[1] == "grpc.health.v1.Health/Check"] == services
+    for c in services[2:]:
+        assert f"{c} rocketrides.v1.ConsumerService/GetTotal " in [x[:len(c) + 44] for x in calls] or \
+            any(x.startswith(f"{c} rocketrides.v1.ConsumerService/GetTotal") for x in calls)
+    assert "no ride was written" in out.stdout
+    # The defaults and the demo: read-only in production, a ride in the demo.
+    assert "CreateRide" not in helm_test_script(render({}))
+    assert "CreateRide" in helm_test_script(render(DEMO))
+
+
+def test_the_read_only_helm_test_fails_in_time_when_a_service_is_down(tmp_path):
+    values = merged(VALUE_SETS["hardened"], {"tests": {"createRide": False, "timeoutSeconds": 2}})
+    out, _ = run_helm_test(tmp_path, values, DOWN=f"{FULL}-history")
+    assert out.returncode == 1
+    assert f"{FULL}-history:50055 is not SERVING" in out.stdout
+
+
+def test_the_helm_test_pod_follows_the_scheduling_values():
+    values = {"imagePullSecrets": [{"name": "regcred"}], "global": {"imagePullSecrets": ["mirror"]},
+              "nodeSelector": {"pool": "apps"}, "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+              "priorityClassName": "rides", "podLabels": {"team": "rides"}}
+    pod = find(render(values), "Pod", f"{FULL}-test-create-ride")
+    spec = pod_spec(pod)
+    assert spec["imagePullSecrets"] == [{"name": "mirror"}, {"name": "regcred"}]
+    assert spec["nodeSelector"] == {"pool": "apps"} and spec["tolerations"] == values["tolerations"]
+    assert spec["priorityClassName"] == "rides" and pod["metadata"]["labels"]["team"] == "rides"
 
 
 def test_the_helm_test_without_history_falls_back_to_ride_counts(tmp_path):
@@ -744,10 +814,18 @@ def test_redis_cluster_replaces_the_single_redis():
                        "REDIS_URL": f"redis://:$(REDIS_PASSWORD)@{RELEASE}-rocket-rides-redis:6379"}
 
 
+def bootstrap_job(objects):
+    (job,) = [o for o in objects if o["kind"] == "Job" and o["metadata"]["name"].startswith(f"{CLUSTER}-bootstrap")]
+    return job
+
+
 def test_redis_cluster_bootstrap_job_creates_the_cluster_over_every_node_once():
     objects = render(VALUE_SETS["cluster"])
-    job = find(objects, "Job", f"{CLUSTER}-bootstrap")
-    assert "post-install" in job["metadata"]["annotations"]["helm.sh/hook"].split(",")
+    job = bootstrap_job(objects)
+    # A plain Job (install order: tests below), named by its pod template, which cannot change.
+    assert "helm.sh/hook" not in job["metadata"].get("annotations", {})
+    assert re.fullmatch(rf"{CLUSTER}-bootstrap-[0-9a-f]{{8}}", job["metadata"]["name"])
+    assert bootstrap_job(render(VALUE_SETS["cluster"]))["metadata"]["name"] == job["metadata"]["name"]
     script = " ".join(containers(job)[0]["command"] + containers(job)[0]["args"])
     create = "redis-cli --cluster create " + " ".join(cluster_nodes(6)) + " --cluster-replicas 1 --cluster-yes"
     assert create in script
@@ -759,7 +837,7 @@ def test_redis_cluster_bootstrap_job_creates_the_cluster_over_every_node_once():
                                            "nodeTimeoutMs": 2000}}})
     assert find(bigger, "StatefulSet", CLUSTER)["spec"]["replicas"] == 12
     assert "--cluster-node-timeout 2000" in " ".join(containers(find(bigger, "StatefulSet", CLUSTER))[0]["args"])
-    script = containers(find(bigger, "Job", f"{CLUSTER}-bootstrap"))[0]["args"][0]
+    script = containers(bootstrap_job(bigger))[0]["args"][0]
     assert " ".join(cluster_nodes(12)) + " --cluster-replicas 2 --cluster-yes" in script
 
 
@@ -809,8 +887,8 @@ def test_external_redis_cluster_sets_the_cluster_flag():
 
 
 # ---- NetworkPolicies, evaluated: a small model of the NetworkPolicy semantics (pod and namespace
-# selectors, named and numbered ports; no ipBlock, which the chart does not use) decides which
-# flows the rendered policies admit between the release's pods and a few outsiders.
+# selectors, named and numbered ports, ipBlocks matched against the model pods' addresses)
+# decides which flows the rendered policies admit between the release's pods and a few outsiders.
 
 def selector_matches(selector, labels):
     if selector is None:
@@ -831,6 +909,11 @@ def selector_matches(selector, labels):
 
 
 def peer_matches(peer, pod):
+    if "ipBlock" in peer:
+        ip = ipaddress.ip_address(pod["ip"])
+        block = peer["ipBlock"]
+        return ip in ipaddress.ip_network(block["cidr"]) and \
+            not any(ip in ipaddress.ip_network(e) for e in block.get("except", []))
     assert "ipBlock" not in peer, "the model does not know ipBlock"
     if "namespaceSelector" in peer:
         if not selector_matches(peer["namespaceSelector"], {"kubernetes.io/metadata.name": pod["namespace"]}):
@@ -878,7 +961,9 @@ def pods_of(objects):
     pods["stranger"] = {"labels": {"app": "stranger"}, "namespace": "elsewhere", "ports": {}}
     pods["neighbour"] = {"labels": {"app": "neighbour"}, "namespace": NAMESPACE, "ports": {}}
     pods["kube-dns"] = {"labels": {"k8s-app": "kube-dns"}, "namespace": "kube-system", "ports": {"dns": 53}}
-    pods["kube-api"] = {"labels": {}, "namespace": "default", "ports": {}}
+    pods["kube-api"] = {"labels": {}, "namespace": "default", "ports": {}, "ip": "10.0.0.1"}
+    for i, pod in enumerate(pods.values()):
+        pod.setdefault("ip", f"10.244.0.{i + 10}")
     return pods
 
 
@@ -910,13 +995,15 @@ def test_network_policies_admit_exactly_the_flows_the_services_need(name):
         if "jaeger" in pods and k != "jaeger":
             assert can(k, "jaeger", 4317), (k, "jaeger")
             assert not can(k, "jaeger", 16686) or k not in clients, (k, "jaeger ui")
-    # The gRPC APIs: anyone may call them; only the simulator and the helm test call out to them.
+    # The gRPC APIs: anyone may call them; only the simulator and the helm test call out to them
+    # (and the pods that call the Kubernetes API, whose egress is open by default: below).
+    api_callers = {"chaos", "generated-secrets"}
     grpc = {"api": 50051, "consumer": 50052, "history": 50055}
     for server, port in grpc.items():
         if server in pods:
             assert can("stranger", server, port) and can("neighbour", server, port)
             for k in ours:
-                assert can(k, server, port) == (k in {"simulator", "test"}), (k, server)
+                assert can(k, server, port) == (k in {"simulator", "test"} | api_callers), (k, server)
     assert not can("stranger", "streamer", 50053)
     # Metrics: Prometheus from another namespace, on the metrics port only.
     for k in ("api", "streamer", "consumer", "history"):
@@ -928,11 +1015,15 @@ def test_network_policies_admit_exactly_the_flows_the_services_need(name):
             assert not can(outsider, "postgresql", 5432)
         if bundled_redis:
             assert not can(outsider, redis, 6379)
-    # Only chaos and the secret generator reach the Kubernetes API; nobody reaches the outside
-    # world otherwise.
+    # Only chaos and the secret generator reach the Kubernetes API, on whatever port the CNI
+    # sees it (6443, MicroK8s's 16443, minikube's 8443); nobody reaches the outside world
+    # otherwise. They do not get into the data stores either (those admit their clients only).
     assert ("generated-secrets" in pods) == (name == "generated")
     for k in ours:
-        assert can(k, "kube-api", 443) == (k in {"chaos", "generated-secrets"}), k
+        for port in (443, 6443, 16443, 8443):
+            assert can(k, "kube-api", port) == (k in api_callers), (k, port)
+        if k in api_callers and bundled_pg:
+            assert not can(k, "postgresql", 5432)
     if name == "cluster":
         assert can("redis-cluster", "redis-cluster", 16379) and can("redis-cluster", "redis-cluster", 6379)
         assert not can("streamer", "redis-cluster", 16379)
@@ -942,6 +1033,22 @@ def test_network_policies_admit_exactly_the_flows_the_services_need(name):
             assert can(k, "stranger", 5432), k
         assert can("streamer", "stranger", 6379) and not can("api", "stranger", 6379)
         assert can("api", "stranger", 4317)
+
+
+def test_the_kubernetes_api_egress_can_be_narrowed():
+    api_server = [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
+    objects = render({"networkPolicy": {"kubeApi": {"ports": [6443], "to": api_server}}}, auth=False)
+    (policy,) = [o for o in objects if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == f"{FULL}-generated-secrets"]
+    assert policy["spec"]["egress"] == [{"ports": [{"port": 6443, "protocol": "TCP"}], "to": api_server}]
+    pods = pods_of(objects)
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    assert allowed(policies, pods["generated-secrets"], pods["kube-api"], 6443)
+    assert not allowed(policies, pods["generated-secrets"], pods["kube-api"], 16443)
+    assert not allowed(policies, pods["generated-secrets"], pods["api"], 50051)
+    # The default: one rule that admits everything.
+    default = [o for o in render({}, auth=False) if o["kind"] == "NetworkPolicy"
+               and o["metadata"]["name"] == f"{FULL}-generated-secrets"]
+    assert default[0]["spec"]["egress"] == [{}]
 
 
 def test_network_policies_can_be_turned_off_and_peers_narrowed():
@@ -1094,7 +1201,7 @@ def generated_secrets(objects):
     out = {}
     for job in generator_jobs(objects):
         for c in containers(job):
-            assert c["command"] == ["rocket-rides-chaos"] and c["args"][0] == "ensure-secret"
+            assert c["command"] == ["rocket-rides-secrets"] and c["args"][0] == "ensure"
             args = [a.split("=", 1) for a in c["args"][1:]]
             (name,) = [v for k, v in args if k == "--name"]
             out[name] = [v for k, v in args if k == "--key"]
@@ -1147,10 +1254,17 @@ def test_without_passwords_a_job_generates_the_secrets_the_pods_refer_to():
     assert pg["APP_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": f"{FULL}-postgresql", "key": "password"}
     for w in (find(objects, "Deployment", f"{FULL}-streamer"), find(objects, "StatefulSet", f"{FULL}-redis")):
         assert env_of(w)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == REDIS_PASSWORD_ENV["secretKeyRef"]
-    # The Secrets it makes carry no Helm or Argo CD tracking label: uninstall and prune leave them.
+    # The Secrets it makes are in no release (uninstall and prune leave them) and carry no Argo CD
+    # tracking label, yet Helm's ownership metadata: values that later give the passwords let
+    # Helm adopt them instead of failing on "exists and cannot be imported"; and keep.
     for c in containers(job):
         labels = dict(a.removeprefix("--label=").split("=", 1) for a in c["args"] if a.startswith("--label="))
-        assert not {"app.kubernetes.io/instance", "app.kubernetes.io/managed-by", "helm.sh/chart"} & set(labels)
+        annotations = dict(a.removeprefix("--annotation=").split("=", 1) for a in c["args"]
+                           if a.startswith("--annotation="))
+        assert not {"app.kubernetes.io/instance", "helm.sh/chart"} & set(labels)
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert annotations == {"meta.helm.sh/release-name": RELEASE, "meta.helm.sh/release-namespace": NAMESPACE,
+                               "helm.sh/resource-policy": "keep"}
     # Its account may read only those Secrets, and create (which cannot be restricted by name).
     role = find(objects, "Role", name)
     assert role["rules"] == [
@@ -1223,7 +1337,7 @@ def test_redis_requires_the_password_and_its_probes_use_it():
     assert "--maxmemory 200mb" in command and "--maxmemory-policy noeviction" in command
     assert c["resources"]["limits"]["memory"] == "512Mi"
     cluster = render(VALUE_SETS["cluster"])
-    job = find(cluster, "Job", f"{CLUSTER}-bootstrap")
+    job = bootstrap_job(cluster)
     assert env_of(job)["REDISCLI_AUTH"]["value"] == "$(REDIS_PASSWORD)"
 
 
@@ -1290,14 +1404,18 @@ def test_the_monitors_select_what_they_should():
     assert {s["metadata"]["name"] for s in services} == {f"{FULL}-api", f"{FULL}-streamer", f"{FULL}-history",
                                                          consumer_name("totals-a"), consumer_name("totals-b")}
     assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
-    pm = find(objects, "PodMonitor", FULL)
-    pods = {o["metadata"]["labels"]["app.kubernetes.io/component"] for o in objects if o["kind"] in WORKLOADS
+    assert not [o for o in objects if o["kind"] == "PodMonitor"]
+    pm_objects = render(POD_MONITORING)
+    pm = find(pm_objects, "PodMonitor", FULL)
+    assert not [o for o in pm_objects if o["kind"] == "ServiceMonitor"]
+    pods = {o["metadata"]["labels"]["app.kubernetes.io/component"] for o in pm_objects if o["kind"] in WORKLOADS
             and selector_matches(pm["spec"]["selector"], pod_labels(o))}
     assert pods == {"api", "streamer", "consumer", "history"}
     for monitor, endpoints in ((sm, "endpoints"), (pm, "podMetricsEndpoints")):
         (endpoint,) = monitor["spec"][endpoints]
         assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
-        assert {"action": "replace", "targetLabel": "rocket_rides_release", "replacement": RELEASE} in endpoint["relabelings"]
+        # No relabeling: the alerts need only the labels every scrape setup attaches.
+        assert "relabelings" not in endpoint
     labelled = render(merged(VALUE_SETS["monitoring"], {"monitoring": {"serviceMonitor": {"labels": {"release": "kps"}}}}))
     assert find(labelled, "ServiceMonitor", FULL)["metadata"]["labels"]["release"] == "kps"
 
@@ -1307,7 +1425,7 @@ def test_monitoring_objects_validate_against_their_crd_schemas():
     field the chart uses, its type, enum, pattern and required keys; unknown fields rejected).
     Not validated: the full CRD (fields the chart does not use), or what the operator checks at
     run time; PromQL is checked by promtool below."""
-    objects = render(VALUE_SETS["monitoring"])
+    objects = render(VALUE_SETS["monitoring"]) + [o for o in render(POD_MONITORING) if o["kind"] == "PodMonitor"]
     kinds = {o["kind"] for o in objects}
     assert CRD_KINDS <= kinds
     for obj in (o for o in objects if o["kind"] in CRD_KINDS):
@@ -1820,3 +1938,167 @@ def test_the_chart_readme_lists_every_value():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     missing = [p for p in leaves(values) if f"| `{p}` |" not in readme]
     assert not missing, missing
+
+
+# ---- Options users expect (issue 20, point 9).
+
+APP_COMPONENTS = {"api", "streamer", "consumer", "history", "simulator"}
+
+
+def test_every_pod_gets_the_pull_secrets_priority_class_annotations_and_labels():
+    objects = render(VALUE_SETS["options"])
+    pods = [o for o in objects if o["kind"] in WORKLOADS]
+    assert len(pods) > 8
+    for o in pods:
+        spec, name = pod_spec(o), o["metadata"]["name"]
+        assert spec["imagePullSecrets"] == [{"name": "mirror"}, {"name": "regcred"}], name
+        assert spec["priorityClassName"] == "rides-critical", name
+        assert pod_labels(o)["team"] == "rides", name
+        meta = o["metadata"] if o["kind"] == "Pod" else (
+            o["spec"]["jobTemplate"]["spec"]["template"]["metadata"] if o["kind"] == "CronJob"
+            else o["spec"]["template"]["metadata"])
+        assert meta["annotations"]["team.example.com/owner"] == "rides", name
+    # The chart's own annotations stay beside them.
+    api = find(objects, "Deployment", f"{FULL}-api")
+    assert api["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    # Labels that selectors rely on cannot be overridden.
+    assert "is one of the chart's own labels" in render_error({"podLabels": {"app.kubernetes.io/name": "x"}})
+
+
+def test_the_service_account_is_created_for_workload_identity_and_used_by_the_app_pods():
+    objects = render(VALUE_SETS["options"])
+    sa = find(objects, "ServiceAccount", FULL)
+    assert sa["metadata"]["annotations"] == {"iam.gke.io/gcp-service-account": "rides@p.iam.gserviceaccount.com"}
+    assert sa["automountServiceAccountToken"] is False
+    for o in objects:
+        if o["kind"] in {"Deployment", "StatefulSet"}:
+            spec = pod_spec(o)
+            assert spec["serviceAccountName"] == FULL and spec["automountServiceAccountToken"] is False
+    # Chaos keeps its own account and Role.
+    chaos = find(objects, "CronJob", f"{FULL}-chaos")
+    assert pod_spec(chaos)["serviceAccountName"] == f"{FULL}-chaos"
+    # An account of the user's: not created, named on the pods.
+    mine = render({"serviceAccount": {"create": False, "name": "rides-wi"}})
+    assert not [o for o in mine if o["kind"] == "ServiceAccount" and o["metadata"]["name"] in {FULL, "rides-wi"}]
+    assert pod_spec(find(mine, "Deployment", f"{FULL}-api"))["serviceAccountName"] == "rides-wi"
+    assert pod_spec(find(render({"serviceAccount": {"create": False}}), "Deployment", f"{FULL}-api"))[
+        "serviceAccountName"] == "default"
+
+
+def test_extra_env_volumes_and_mounts_reach_the_app_containers_only():
+    objects = render(VALUE_SETS["options"])
+    seen = set()
+    for o in objects:
+        if o["kind"] not in {"Deployment", "StatefulSet"}:
+            continue
+        component = o["metadata"]["labels"]["app.kubernetes.io/component"]
+        c = containers(o, init=False)[0]
+        env = {e["name"]: e for e in c.get("env", [])}
+        volumes = {v["name"] for v in pod_spec(o).get("volumes", [])}
+        mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+        is_app = component in APP_COMPONENTS
+        assert ("HTTPS_PROXY" in env) == is_app, o["metadata"]["name"]
+        assert ("vault" in volumes) == is_app and ("/mnt/vault" in mounts) == is_app, o["metadata"]["name"]
+        if is_app:
+            seen.add(component)
+            # After the chart's own variables: it cannot shadow one by accident of order.
+            assert list(env)[-1] == "HTTPS_PROXY"
+    assert seen == {"api", "streamer", "consumer", "history"}
+
+
+def test_the_api_can_autoscale_and_then_renders_no_replica_count():
+    objects = render(VALUE_SETS["options"])
+    api = find(objects, "Deployment", f"{FULL}-api")
+    assert "replicas" not in api["spec"]
+    hpa = find(objects, "HorizontalPodAutoscaler", f"{FULL}-api")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": f"{FULL}-api"}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 6)
+    assert [(m["resource"]["name"], m["resource"]["target"]["averageUtilization"]) for m in hpa["spec"]["metrics"]] \
+        == [("cpu", 80), ("memory", 75)]
+    # The PDB follows the autoscaler's floor.
+    assert find(objects, "PodDisruptionBudget", f"{FULL}-api")
+    single = render({"api": {"autoscaling": {"enabled": True, "minReplicas": 1}}})
+    assert not [o for o in single if o["kind"] == "PodDisruptionBudget" and o["metadata"]["name"] == f"{FULL}-api"]
+    assert "exceeds maxReplicas" in render_error({"api": {"autoscaling": {"enabled": True, "minReplicas": 9,
+                                                                            "maxReplicas": 3}}})
+    assert not [o for o in render({}) if o["kind"] == "HorizontalPodAutoscaler"]
+
+
+def test_the_api_and_the_jaeger_ui_can_be_exposed():
+    objects = render(VALUE_SETS["options"])
+    svc = find(objects, "Service", f"{FULL}-api")
+    assert svc["spec"]["type"] == "LoadBalancer" and svc["spec"]["externalTrafficPolicy"] == "Local"
+    assert svc["metadata"]["annotations"] == {"service.beta.kubernetes.io/aws-load-balancer-type": "nlb"}
+    ing = find(objects, "Ingress", f"{FULL}-api")
+    assert ing["spec"]["ingressClassName"] == "nginx"
+    assert ing["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPC"
+    (rule,) = ing["spec"]["rules"]
+    assert rule["host"] == "rides.example.com"
+    backend = rule["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": f"{FULL}-api", "port": {"name": "grpc"}}
+    assert "grpc" in {p["name"] for p in svc["spec"]["ports"]}
+    jaeger = find(objects, "Ingress", f"{FULL}-jaeger")
+    assert jaeger["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"] == \
+        {"name": f"{FULL}-jaeger", "port": {"name": "ui"}}
+    assert "ui" in {p["name"] for p in find(objects, "Service", f"{FULL}-jaeger")["spec"]["ports"]}
+    assert "needs at least one entry in api.ingress.hosts" in render_error({"api": {"ingress": {"enabled": True}}})
+    defaults = render({})
+    assert find(defaults, "Service", f"{FULL}-api")["spec"]["type"] == "ClusterIP"
+    assert not [o for o in defaults if o["kind"] == "Ingress"]
+
+
+def test_redis_cluster_nodes_never_share_a_kubernetes_node_by_default():
+    sts = find(render(VALUE_SETS["cluster"]), "StatefulSet", CLUSTER)
+    (term,) = pod_spec(sts)["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert selector_matches(term["labelSelector"], pod_labels(sts))
+    soft = find(render(VALUE_SETS["options"]), "StatefulSet", CLUSTER)
+    (pref,) = pod_spec(soft)["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert selector_matches(pref["podAffinityTerm"]["labelSelector"], pod_labels(soft))
+    # The user's affinity replaces the preset.
+    mine = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["redis"]}]}]}}}
+    own = find(render(merged(VALUE_SETS["cluster"], {"affinity": mine})), "StatefulSet", CLUSTER)
+    assert pod_spec(own)["affinity"] == mine
+
+
+def test_service_monitor_and_pod_monitor_together_are_refused():
+    message = render_error(merged(MONITORING, {"monitoring": {"podMonitor": {"enabled": True}}}))
+    assert "enable one of them" in message and "twice" in message
+
+
+def test_the_alerts_select_this_release_by_namespace_and_pod_alone():
+    rule = find(render(VALUE_SETS["monitoring"]), "PrometheusRule", FULL)
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"] if g["name"] == "rocket-rides.log"]
+    assert exprs and not any("rocket_rides_release" in e for e in exprs)
+    pods = re.search(r'pod=~"([^"]+)"', exprs[0]).group(1)
+    pattern = re.compile(pods.replace("\\\\", "\\"))
+    for ours in (f"{FULL}-api-5f6d4b-a1b2c", f"{FULL}-streamer-7c9d8f-x1x1x", f"{FULL}-history-6b7f5c-h1h1h",
+                 f"{FULL}-consumer-totals-a-0", f"{FULL}-consumer-totals-b-12"):
+        assert pattern.fullmatch(ours), ours
+    for theirs in ("other-rocket-rides-api-5f6d4b-a1b2c", f"{FULL}-postgresql-0", f"{FULL}-consumer-audit-0",
+                   f"{FULL}-jaeger-5f6d4b-a1b2c"):
+        assert not pattern.fullmatch(theirs), theirs
+
+
+def test_the_chart_readme_gives_each_values_default():
+    """The README's default column is values.yaml's value (strings bare, "" when empty, JSON
+    for lists and maps)."""
+    def leaves(v, path=""):
+        if isinstance(v, dict) and v and not path.endswith(("resources", "labels", "Context")):
+            for k, x in v.items():
+                yield from leaves(x, f"{path}.{k}" if path else k)
+        else:
+            yield path, v
+
+    def shown(v):
+        if v is None or isinstance(v, bool):
+            return json.dumps(v)
+        if isinstance(v, str):
+            return v or '""'
+        return str(v) if isinstance(v, (int, float)) else json.dumps(v)
+    readme = (CHART / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `([^`]+)` \| `(.*?)` \|", readme, re.M))
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    wrong = [(path, rows.get(path), shown(v)) for path, v in leaves(values) if rows.get(path) != shown(v)]
+    assert not wrong, wrong

@@ -5,7 +5,6 @@
 
 mod api;
 mod cluster;
-mod container;
 mod failures;
 mod groups;
 mod history;

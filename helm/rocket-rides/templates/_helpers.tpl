@@ -298,12 +298,12 @@ securityContext:
   {{- toYaml .Values.securityContext | nindent 2 }}
 {{- end }}
 
-{{/* gRPC health probes: readiness asks service "", liveness service "liveness"; the startup
-probe gives a slow start (a migration, Postgres coming up) 5 minutes before liveness. Call with
-(dict "port" <port> "tls" <"true" or "">): kubelet's gRPC probes speak no TLS, so a server that
-serves TLS gets tcpSocket probes on the same port (the port is open, not that it is SERVING). */}}
+{{/* Native gRPC health probes: readiness asks service "", liveness service "liveness"; the
+startup probe gives a slow start (a migration, Postgres coming up) 5 minutes before liveness. Call
+with (dict "port" <port> "tls" <"true" or ""> "healthPort" <port>): the kubelet's gRPC probes
+speak no TLS, so a server that serves TLS is probed, still by gRPC, on its plaintext health-only
+port (HEALTH_ADDR). */}}
 {{- define "rr.grpcProbes" -}}
-{{- /* With server TLS the kubelet probes the plaintext health-only port (HEALTH_ADDR). */ -}}
 {{- $port := ternary .healthPort .port (not (empty .tls)) -}}
 {{- $check := dict "grpc" (dict "port" $port) -}}
 {{- $live := dict "grpc" (dict "port" $port "service" "liveness") -}}
@@ -385,31 +385,48 @@ initContainers:
     {{- include "rr.containerSecurityContext" . | nindent 4 }}
 {{- end }}
 
+{{/* imagePullSecrets (global.imagePullSecrets, then imagePullSecrets, each a name or {name}),
+priorityClassName, nodeSelector, tolerations, affinity: every pod the chart renders. Call with $,
+or (dict "ctx" $ "affinity" <a default affinity>) for a pod with an affinity of its own. */}}
 {{- define "rr.scheduling" -}}
-{{- with .Values.imagePullSecrets }}
+{{- $ctx := .ctx | default . -}}
+{{- $secrets := list -}}
+{{- range concat ((($ctx.Values.global | default dict).imagePullSecrets) | default list) ($ctx.Values.imagePullSecrets | default list) }}
+{{- if kindIs "string" . }}
+{{- $secrets = append $secrets (dict "name" .) -}}
+{{- else }}
+{{- $secrets = append $secrets (dict "name" .name) -}}
+{{- end }}
+{{- end }}
+{{- with $secrets | uniq }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .Values.nodeSelector }}
+{{- with $ctx.Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with $ctx.Values.nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .Values.tolerations }}
+{{- with $ctx.Values.tolerations }}
 tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .Values.affinity }}
+{{- with $ctx.Values.affinity | default .affinity }}
 affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
 
-{{/* What every pod of ours shares: no service account token (only chaos and the generated-secrets Job call the API), the
-scheduling values, and, for replicated workloads, a spread over topologySpread.topologyKey.
+{{/* What every pod of ours shares: the chart's service account (serviceAccount.*), without its
+token unless serviceAccount.automount (only chaos and the generated-secrets Job call the API, with
+accounts of their own), the scheduling values, and, for replicated workloads, a spread over topologySpread.topologyKey.
 Call with (dict "ctx" $ "component" ... ["group" ...] ["spread" true]). */}}
 {{- define "rr.podCommon" -}}
-automountServiceAccountToken: false
-{{- with include "rr.scheduling" .ctx | trim }}
+serviceAccountName: {{ include "rr.serviceAccountName" .ctx }}
+automountServiceAccountToken: {{ .ctx.Values.serviceAccount.automount }}
+{{- with include "rr.scheduling" (dict "ctx" .ctx "affinity" .affinity) | trim }}
 {{ . }}
 {{- end }}
 {{- if and .spread .ctx.Values.topologySpread.enabled }}
@@ -444,6 +461,11 @@ metadata:
     {{- include "rr.labels" . | nindent 4 }}
 spec:
   maxUnavailable: 1
+  {{- /* A pod that is not ready (a crash loop, a bad rollout) may always be evicted, so it cannot
+  block a node drain; beta and on by default since 1.27, left out before. */}}
+  {{- if semverCompare ">=1.27-0" .ctx.Capabilities.KubeVersion.Version }}
+  unhealthyPodEvictionPolicy: AlwaysAllow
+  {{- end }}
   selector:
     matchLabels:
       {{- include "rr.selectorLabels" . | nindent 6 }}
@@ -513,11 +535,13 @@ certificates), when one is given. */}}
 {{- end }}
 
 {{/* A pod's `volumes:` for TLS, or nothing: the CA bundle when given, the servers' certificate
-when "server" is true and server TLS is on. Call with (dict "ctx" $ ["server" true]). */}}
+when "server" is true and server TLS is on, and extraVolumes when "extra" is true (the app pods).
+Call with (dict "ctx" $ ["server" true] ["extra" true]). */}}
 {{- define "rr.tlsVolumes" -}}
 {{- $ca := include "rr.caBundle" .ctx -}}
 {{- $server := and .server (include "rr.serverTls" .ctx) -}}
-{{- if or $ca $server }}
+{{- $extra := and .extra .ctx.Values.extraVolumes -}}
+{{- if or $ca $server $extra }}
 volumes:
 {{- if $ca }}
 {{- with .ctx.Values.tls.caBundle }}
@@ -545,6 +569,9 @@ volumes:
         - key: tls.key
           path: tls.key
 {{- end }}
+{{- with $extra }}
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -552,7 +579,8 @@ volumes:
 {{- define "rr.tlsVolumeMounts" -}}
 {{- $ca := include "rr.caBundle" .ctx -}}
 {{- $server := and .server (include "rr.serverTls" .ctx) -}}
-{{- if or $ca $server }}
+{{- $extra := and .extra .ctx.Values.extraVolumeMounts -}}
+{{- if or $ca $server $extra }}
 volumeMounts:
 {{- if $ca }}
   - name: ca-bundle
@@ -563,6 +591,9 @@ volumeMounts:
   - name: grpc-tls
     mountPath: {{ include "rr.serverTlsDir" .ctx }}
     readOnly: true
+{{- end }}
+{{- with $extra }}
+  {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -584,4 +615,119 @@ groups and history, short, namespaced and fully qualified. */}}
 {{- $names = concat $names (list . (printf "%s.%s" . $.Release.Namespace) (printf "%s.%s.svc" . $.Release.Namespace) (printf "%s.%s.svc.%s" . $.Release.Namespace $.Values.tls.server.certManager.clusterDomain)) -}}
 {{- end }}
 {{- concat $names .Values.tls.server.certManager.extraDnsNames | uniq | join " " }}
+{{- end }}
+
+
+{{/* The service account of the chart's pods (not chaos's nor the secrets Job's, which have their
+own): serviceAccount.name, else <fullname> when the chart creates it, else "default". */}}
+{{- define "rr.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- .Values.serviceAccount.name | default (include "rr.fullname" .) }}
+{{- else }}
+{{- .Values.serviceAccount.name | default "default" }}
+{{- end }}
+{{- end }}
+
+{{/* podLabels, for every pod template; after the chart's own labels, which they cannot replace
+(a selector would stop matching). */}}
+{{- define "rr.extraPodLabels" -}}
+{{- range $k, $v := .Values.podLabels }}
+{{- if hasPrefix "app.kubernetes.io/" $k }}
+{{- fail (printf "podLabels: %q is one of the chart's own labels (selectors rely on them); choose another name" $k) }}
+{{- end }}
+{{ $k }}: {{ $v | quote }}
+{{- end }}
+{{- end }}
+
+{{/* A pod template's `annotations:` (the chart's, given as YAML text in "own", then
+podAnnotations), or nothing. Call with (dict "ctx" $ "own" <yaml>). */}}
+{{- define "rr.podAnnotations" -}}
+{{- $all := merge (dict) (fromYaml (.own | default "")) -}}
+{{- $all = merge $all (.ctx.Values.podAnnotations | default dict) -}}
+{{- with $all }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* extraEnv of the app containers, after the chart's own variables. */}}
+{{- define "rr.extraEnv" -}}
+{{- with .Values.extraEnv }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* An Ingress to a Service's port, from api.ingress or jaeger.ingress ({enabled, className,
+annotations, hosts: [{host, paths: [{path, pathType}]}], tls}). Call with (dict "ctx" $
+"component" ... "service" <name> "port" <port name> "ingress" <values>). */}}
+{{- define "rr.ingress" -}}
+{{- with .ingress }}
+{{- if .enabled }}
+{{- if not .hosts }}
+{{- fail (printf "%s.ingress.enabled needs at least one entry in %s.ingress.hosts" $.component $.component) }}
+{{- end }}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: {{ $.service }}
+  labels:
+    {{- include "rr.labels" (dict "ctx" $.ctx "component" $.component) | nindent 4 }}
+  {{- with .annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  {{- with .className }}
+  ingressClassName: {{ . }}
+  {{- end }}
+  {{- with .tls }}
+  tls:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  rules:
+    {{- range .hosts }}
+    - {{- with .host }}
+      host: {{ . | quote }}
+      {{- end }}
+      http:
+        paths:
+          {{- range (.paths | default (list (dict "path" "/" "pathType" "Prefix"))) }}
+          - path: {{ .path | default "/" }}
+            pathType: {{ .pathType | default "Prefix" }}
+            backend:
+              service:
+                name: {{ $.service }}
+                port:
+                  name: {{ $.port }}
+          {{- end }}
+    {{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The Redis Cluster nodes' podAntiAffinity (redis.cluster.podAntiAffinity): "hard", no two
+nodes on one Kubernetes node, so no master shares a node with its replica; "soft", a preference;
+"": none. Used unless `affinity` is set. */}}
+{{- define "rr.redisClusterAffinity" -}}
+{{- $term := dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" (include "rr.selectorLabels" (dict "ctx" . "component" "redis-cluster") | fromYaml)) -}}
+{{- if eq .Values.redis.cluster.podAntiAffinity "hard" }}
+podAntiAffinity:
+  requiredDuringSchedulingIgnoredDuringExecution:
+    - {{- toYaml $term | nindent 6 }}
+{{- else if eq .Values.redis.cluster.podAntiAffinity "soft" }}
+podAntiAffinity:
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        {{- toYaml $term | nindent 8 }}
+{{- end }}
+{{- end }}
+
+{{/* A StatefulSet's serviceName, which Kubernetes will not change: the live one when the
+StatefulSet exists (0.1.0 governed Postgres and Redis by their ClusterIP Services; both
+Services still exist), else "default". Call with (dict "ctx" $ "name" <StatefulSet> "default" <service>). */}}
+{{- define "rr.stsServiceName" -}}
+{{- $live := include "rr.lookup" (dict "ctx" .ctx "apiVersion" "apps/v1" "kind" "StatefulSet" "name" .name) | fromJson -}}
+{{- dig "spec" "serviceName" "" $live | default .default -}}
 {{- end }}

@@ -1,25 +1,21 @@
-//! `rocket-rides-chaos ensure-secret`: makes sure a Secret of random passwords exists, for the
+//! `rocket-rides-secrets ensure`: makes sure a Secret of random passwords exists, for the
 //! chart's generated-password mode (a plain Job, so a GitOps sync that renders with `helm
 //! template` runs it too, and the passwords survive every render).
-//!
-//! ```text
-//! rocket-rides-chaos ensure-secret --name <secret> --key <key> [--key <key> ...] [--label k=v ...]
-//! ```
 //!
 //! - The Secret absent (GET answers 404): it is created (type Opaque) with one random value per
 //!   key: 32 characters of `[A-Za-z0-9]` (about 190 bits) from the operating system's RNG, safe
 //!   in a URL (the Redis password goes into `redis://:<password>@...`) and in the Postgres init
-//!   script alike. It carries the `--label`s, never Helm's ownership labels/annotations nor
-//!   `app.kubernetes.io/instance` (Argo CD's tracking label), so neither `helm uninstall` nor a
-//!   GitOps prune deletes it: the data it guards (Postgres's PVC) outlives the release too.
+//!   script alike. It carries the labels and annotations asked for and nothing else: the chart
+//!   asks for Helm's ownership metadata (so that switching to passwords given in the values lets
+//!   Helm adopt the Secret instead of refusing it) and `helm.sh/resource-policy: keep` (so that
+//!   Helm never deletes it once adopted: the data it guards, Postgres's PVC, outlives the release).
 //! - The Secret present: left untouched, whatever its values (no write at all). If it lacks one
 //!   of the keys the run fails, naming them, since the pods referring to them would never start.
 //! - A 409 AlreadyExists on create (a concurrent run won the race): success, the winner's values
 //!   stand.
 //!
-//! The namespace is `NAMESPACE`, else the pod's own (the service account's), else the client's
-//! default. The Role needs `get` on the Secret (restricted by resourceNames) and `create` on
-//! secrets (which Kubernetes cannot restrict by name: the name is not known when the request is
+//! The Role needs `get` on the Secret (restricted by resourceNames) and `create` on secrets
+//! (which Kubernetes cannot restrict by name: the name is not known when the request is
 //! authorised).
 
 use std::{collections::BTreeMap, fmt};
@@ -33,59 +29,29 @@ use rand::{CryptoRng, Rng, distr::Alphanumeric};
 /// Length of each generated value: 32 alphanumerics, ~190 bits.
 pub const VALUE_LENGTH: usize = 32;
 
-pub const USAGE: &str = "usage: rocket-rides-chaos ensure-secret --name <secret> --key <key> \
-                         [--key <key> ...] [--label <name>=<value> ...]";
-
-/// What to ensure: from the command line.
+/// What to ensure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub name: String,
     pub keys: Vec<String>,
     pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl Request {
-    /// From the arguments after `ensure-secret`.
-    pub fn from_args<I, S>(args: I) -> Result<Self, String>
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        let mut name = None;
-        let mut keys = Vec::new();
-        let mut labels = BTreeMap::new();
-        let mut args = args.into_iter().map(Into::into);
-        while let Some(arg) = args.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((flag, value)) if flag.starts_with("--") => {
-                    (flag.to_string(), Some(value.to_string()))
-                }
-                _ => (arg.clone(), None),
-            };
-            let mut value = || {
-                inline
-                    .clone()
-                    .or_else(|| args.next())
-                    .ok_or_else(|| format!("{flag} needs a value; {USAGE}"))
-            };
-            match flag.as_str() {
-                "--name" => name = Some(value()?),
-                "--key" => keys.push(value()?),
-                "--label" => {
-                    let label = value()?;
-                    let (k, v) = label
-                        .split_once('=')
-                        .ok_or_else(|| format!("--label {label:?}: expected name=value"))?;
-                    labels.insert(k.to_string(), v.to_string());
-                }
-                other => return Err(format!("unexpected argument {other:?}; {USAGE}")),
-            }
+    /// Checks the name and keys (sorted, duplicates dropped) and splits each `name=value` label
+    /// and annotation.
+    pub fn new(
+        name: String,
+        mut keys: Vec<String>,
+        labels: &[String],
+        annotations: &[String],
+    ) -> Result<Self, String> {
+        if name.is_empty() {
+            return Err("--name must not be empty".into());
         }
-        let name = name
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| format!("--name is required; {USAGE}"))?;
         if keys.is_empty() {
-            return Err(format!("at least one --key is required; {USAGE}"));
+            return Err("at least one --key is required".into());
         }
         if let Some(bad) = keys.iter().find(|k| !valid_key(k)) {
             return Err(format!(
@@ -94,8 +60,25 @@ impl Request {
         }
         keys.sort();
         keys.dedup();
-        Ok(Self { name, keys, labels })
+        Ok(Self {
+            name,
+            keys,
+            labels: pairs("--label", labels)?,
+            annotations: pairs("--annotation", annotations)?,
+        })
     }
+}
+
+fn pairs(flag: &str, items: &[String]) -> Result<BTreeMap<String, String>, String> {
+    items
+        .iter()
+        .map(|item| {
+            item.split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| format!("{flag} {item:?}: expected name=value"))
+        })
+        .collect()
 }
 
 fn valid_key(key: &str) -> bool {
@@ -186,6 +169,7 @@ pub async fn ensure(
             name: Some(request.name.clone()),
             namespace: Some(namespace.to_string()),
             labels: (!request.labels.is_empty()).then(|| request.labels.clone()),
+            annotations: (!request.annotations.is_empty()).then(|| request.annotations.clone()),
             ..ObjectMeta::default()
         },
         type_: Some("Opaque".into()),
@@ -219,11 +203,22 @@ mod tests {
     use tower_test::mock;
 
     use super::*;
-    use crate::kill::tests::status;
 
     type Handle = mock::Handle<HttpRequest<Body>, Response<Body>>;
 
     const PATH: &str = "/api/v1/namespaces/rides/secrets";
+
+    fn status(code: u16, reason: &str, message: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Status",
+            "metadata": {},
+            "status": if code < 300 { "Success" } else { "Failure" },
+            "reason": reason,
+            "message": message,
+            "code": code,
+        })
+    }
 
     fn respond(code: StatusCode, json: serde_json::Value) -> Response<Body> {
         Response::builder()
@@ -233,15 +228,16 @@ mod tests {
     }
 
     fn request() -> Request {
-        Request::from_args([
-            "--name",
-            "demo-rocket-rides-postgresql",
-            "--key",
-            "password",
-            "--key=postgres-password",
-            "--label",
-            "app.kubernetes.io/part-of=rocket-rides",
-        ])
+        Request::new(
+            "demo-rocket-rides-postgresql".into(),
+            vec![
+                "postgres-password".into(),
+                "password".into(),
+                "password".into(),
+            ],
+            &["app.kubernetes.io/part-of=rocket-rides".into()],
+            &["helm.sh/resource-policy=keep".into()],
+        )
         .unwrap()
     }
 
@@ -337,13 +333,18 @@ mod tests {
         let meta = &created.metadata;
         assert_eq!(meta.name.as_deref(), Some("demo-rocket-rides-postgresql"));
         assert_eq!(created.type_.as_deref(), Some("Opaque"));
-        // Only the labels asked for: nothing Helm or Argo CD would take as theirs.
+        // Only the labels and annotations asked for.
         let labels = meta.labels.clone().unwrap();
         assert_eq!(
             labels.into_iter().collect::<Vec<_>>(),
             vec![("app.kubernetes.io/part-of".into(), "rocket-rides".into())]
         );
-        assert!(meta.annotations.is_none() && meta.owner_references.is_none());
+        let annotations = meta.annotations.clone().unwrap();
+        assert_eq!(
+            annotations.into_iter().collect::<Vec<_>>(),
+            vec![("helm.sh/resource-policy".into(), "keep".into())]
+        );
+        assert!(meta.owner_references.is_none());
         let data = created.data.unwrap();
         assert_eq!(
             data.keys().collect::<Vec<_>>(),
@@ -421,16 +422,20 @@ mod tests {
         let r = request();
         assert_eq!(r.name, "demo-rocket-rides-postgresql");
         assert_eq!(r.keys, ["password", "postgres-password"]);
-        for bad in [
-            &["--key", "password"][..],
-            &["--name", "x"],
-            &["--name", "x", "--key"],
-            &["--name", "x", "--key", "a/b"],
-            &["--name", "x", "--key", "k", "--label", "novalue"],
-            &["--name", "x", "--key", "k", "--length", "8"],
-        ] {
-            assert!(Request::from_args(bad.iter().copied()).is_err(), "{bad:?}");
-        }
+        let ok = |keys: &[&str], labels: &[&str]| {
+            Request::new(
+                "x".into(),
+                keys.iter().map(|k| k.to_string()).collect(),
+                &labels.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+                &[],
+            )
+        };
+        assert!(ok(&[], &[]).is_err());
+        assert!(ok(&["a/b"], &[]).is_err());
+        assert!(ok(&["k"], &["novalue"]).is_err());
+        assert!(ok(&["k"], &["=v"]).is_err());
+        assert_eq!(ok(&["k"], &["a=b=c"]).unwrap().labels["a"], "b=c");
+        assert!(Request::new(String::new(), vec!["k".into()], &[], &[]).is_err());
     }
 
     #[test]
