@@ -8,9 +8,10 @@
 
 use std::time::Duration;
 
+use rocket_rides_platform::telemetry::propagation::TraceContext;
 use sqlx::{PgExecutor, PgPool};
 
-use crate::archive::Head;
+use crate::{LogRecord, archive::Head};
 
 /// How long a lease lasts without renewal: the time a standby waits for a dead leader.
 pub const LEASE: Duration = Duration::from_secs(10);
@@ -74,8 +75,9 @@ pub async fn release(pool: &PgPool, lease: &Lease) -> Result<(), sqlx::Error> {
 /// Numbers up to `$3` staged records after the head's `last_seq`, records that Redis holds the
 /// log up to `$6` (what the previous pass sent), and renews the lease; fenced: nothing happens
 /// unless `$1` still holds the lease at epoch `$2`, on the Postgres server it took it on (`$5`,
-/// its start time). Returns the new head and how many were numbered, or no row when the lease
-/// is lost.
+/// its start time). Returns the new head with each record it numbered (one row per record, or
+/// one row with no record), or no row when the lease is lost: the records need not be read
+/// back.
 ///
 /// The update finds each picked row by its address (`ctid`), so its cost is bound by the batch
 /// whatever the statistics say. Joined by id instead, the statistics of a staged partition that
@@ -98,7 +100,7 @@ const NUMBER: &str = "
         FROM picked, head
         -- `seq IS NULL` confines the update to the staged partition, where `at` points.
         WHERE r.partition = $7 AND r.seq IS NULL AND r.ctid = picked.at
-        RETURNING r.seq
+        RETURNING r.seq, r.ride_id, r.distance, r.traceparent, r.tracestate
     ), moved AS (
         UPDATE log_partitions SET
             last_seq = last_seq + (SELECT count(*) FROM numbered),
@@ -108,8 +110,9 @@ const NUMBER: &str = "
         RETURNING partition, epoch, last_seq, streamed_seq
     )
     SELECT h.log_id, h.stream, m.partition, m.epoch, m.last_seq, m.streamed_seq,
-           (SELECT count(*) FROM numbered) AS numbered
-    FROM moved m CROSS JOIN log_head h";
+           n.seq, n.ride_id, n.distance::text AS distance, n.traceparent, n.tracestate
+    FROM moved m CROSS JOIN log_head h LEFT JOIN numbered n ON true
+    ORDER BY n.seq";
 
 /// Records that Redis holds the partition up to `$3`; fenced like `NUMBER`.
 const STREAMED: &str = "
@@ -117,24 +120,28 @@ const STREAMED: &str = "
     WHERE partition = $5 AND leader = $1 AND epoch = $2
         AND pg_postmaster_start_time()::text = $4";
 
-/// The head after a numbering statement, and how many records it numbered.
+/// A row of the numbering statement: the head, and a record it numbered (if any).
 #[derive(sqlx::FromRow)]
 struct Numbered {
     #[sqlx(flatten)]
     head: Head,
-    numbered: i64,
+    seq: Option<i64>,
+    ride_id: Option<i64>,
+    distance: Option<String>,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
 }
 
 /// Numbers up to `limit` staged records and records that Redis holds the partition up to
-/// `sent_upto`, renewing the lease; the new head and how many were numbered, or None when the
-/// lease is lost.
+/// `sent_upto`, renewing the lease; the new head and the records numbered, in order, or None
+/// when the lease is lost.
 pub async fn number(
     db: impl PgExecutor<'_>,
     lease: &Lease,
     sent_upto: i64,
     limit: i64,
-) -> Result<Option<(Head, i64)>, sqlx::Error> {
-    let row: Option<Numbered> = sqlx::query_as(NUMBER)
+) -> Result<Option<(Head, Vec<LogRecord>)>, sqlx::Error> {
+    let rows: Vec<Numbered> = sqlx::query_as(NUMBER)
         .bind(&lease.holder)
         .bind(lease.epoch)
         .bind(limit)
@@ -142,9 +149,29 @@ pub async fn number(
         .bind(&lease.server)
         .bind(sent_upto)
         .bind(lease.partition)
-        .fetch_optional(db)
+        .fetch_all(db)
         .await?;
-    Ok(row.map(|Numbered { head, numbered }| (head, numbered)))
+    let Some(head) = rows.first().map(|row| row.head.clone()) else {
+        return Ok(None);
+    };
+    let records = rows
+        .into_iter()
+        .filter_map(|row| {
+            Some(LogRecord {
+                log: head.log_id.clone(),
+                partition: head.partition,
+                epoch: head.epoch,
+                seq: row.seq?,
+                ride_id: row.ride_id?,
+                distance: row.distance?,
+                trace: TraceContext {
+                    traceparent: row.traceparent,
+                    tracestate: row.tracestate,
+                },
+            })
+        })
+        .collect();
+    Ok(Some((head, records)))
 }
 
 /// Records that Redis holds the partition up to `upto`; false when the lease is lost.

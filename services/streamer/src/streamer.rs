@@ -291,6 +291,7 @@ impl Streamer {
             // renewed and what was sent recorded).
             let limit = (partitioned - last_seq).clamp(0, batch);
             let (head, numbered) = self.number(&mut db, lease, sent_upto, limit).await?;
+            let count = numbered.len() as i64;
             last_seq = head.last_seq;
             if Instant::now() >= prune_at {
                 let Config {
@@ -330,7 +331,7 @@ impl Streamer {
                 trimmed_at = Some(Instant::now());
             }
             let streamed = head.streamed_seq;
-            let sent = match self.send(&mut db, lease, &head).await? {
+            let sent = match self.send(&mut db, lease, &head, numbered).await? {
                 Ok(sent) => sent,
                 // The stream does not end where Postgres says Redis holds the log.
                 Err(top) => {
@@ -359,10 +360,10 @@ impl Streamer {
             stream_len += sent.count as u64;
             let sent = sent.count;
             self.progressed();
-            if numbered == batch || sent == batch as usize {
+            if count == batch || sent == batch as usize {
                 continue;
             }
-            if numbered > 0 || sent > 0 {
+            if count > 0 || sent > 0 {
                 // Not full: let the next batch gather for a moment (BATCH_LINGER_MS).
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(()),
@@ -398,14 +399,14 @@ impl Streamer {
     }
 
     /// Numbers up to `limit` staged records, records `sent_upto` and renews the lease; returns
-    /// the head and how many were numbered.
+    /// the head and the records numbered.
     async fn number(
         &self,
         db: &mut PgConnection,
         lease: &Lease,
         sent_upto: i64,
         limit: i64,
-    ) -> Result<(Head, i64), StreamError> {
+    ) -> Result<(Head, Vec<LogRecord>), StreamError> {
         lease::number(db, lease, sent_upto, limit)
             .instrument(spans::postgres(
                 "UPDATE log_records, log_partitions (number)",
@@ -494,17 +495,29 @@ impl Streamer {
 
     /// Writes the numbered records after `head.streamed_seq` to the stream, in the round trip
     /// that checks the stream ends at `head.streamed_seq`; when it does not, writes nothing and
-    /// returns the id it ends at (`compare` finds out why).
+    /// returns the id it ends at (`compare` finds out why). `numbered` are the records this
+    /// pass numbered: when they are exactly what Redis lacks (the usual case), they are not
+    /// read back from the archive.
     async fn send(
         &mut self,
         db: &mut PgConnection,
         lease: &Lease,
         head: &Head,
+        numbered: Vec<LogRecord>,
     ) -> Result<Result<Sent, StreamId>, StreamError> {
         let started = Instant::now();
         let limit = i64::from(self.config.batch_size);
-        let records =
-            archive::range(db, self.partition, head.streamed_seq, head.last_seq, limit).await?;
+        let lacked = head.streamed_seq + 1..=head.last_seq;
+        let records = match (numbered.first(), numbered.last()) {
+            (Some(first), Some(last))
+                if first.seq == *lacked.start() && last.seq == *lacked.end() =>
+            {
+                numbered
+            }
+            _ => {
+                archive::range(db, self.partition, head.streamed_seq, head.last_seq, limit).await?
+            }
+        };
         let Some(last) = records.last().map(|r| r.seq) else {
             let top = stream::last_id(&mut self.redis, &self.stream).await?;
             return Ok(match top.log_seq() == head.streamed_seq {
