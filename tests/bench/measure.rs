@@ -582,21 +582,31 @@ async fn end_to_end_run(api: &Api, sys: &System, rate: f64, secs: u64) -> Vec<Ho
     }
     let followed = followed.lock().await.clone();
     let ids: Vec<i64> = followed.iter().map(|(id, _)| *id).collect();
-    // Statement start, numbering start (seconds since the epoch) and seq of each followed ride.
-    let stored: HashMap<i64, (f64, f64, i64)> = HashMap::from_iter(
-        sqlx::query_as::<_, (i64, f64, f64, i64)>(
-            "SELECT r.id, extract(epoch FROM r.created_at)::float8,
-                    extract(epoch FROM l.numbered_at)::float8, l.seq
-             FROM rides r JOIN log_records l ON l.ride_id = r.id
-             WHERE r.id = ANY($1) AND l.seq IS NOT NULL",
-        )
-        .bind(&ids)
-        .fetch_all(&sys.db)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(id, created, numbered, seq)| (id, (created, numbered, seq))),
-    );
+    // Statement start, numbering start (seconds since the epoch) and seq of each followed ride,
+    // once the streamer numbered them all.
+    let stored: HashMap<i64, (f64, f64, i64)> = wait_until(
+        "every followed ride to be numbered",
+        Duration::from_secs(60),
+        || async {
+            let rows = sqlx::query_as::<_, (i64, f64, f64, i64)>(
+                "SELECT r.id, extract(epoch FROM r.created_at)::float8,
+                        extract(epoch FROM l.numbered_at)::float8, l.seq
+                 FROM rides r JOIN log_records l ON l.ride_id = r.id
+                 WHERE r.id = ANY($1) AND l.seq IS NOT NULL",
+            )
+            .bind(&ids)
+            .fetch_all(&sys.db)
+            .await
+            .unwrap();
+            match rows.len() == ids.len() {
+                true => Ok(HashMap::from_iter(rows.into_iter().map(
+                    |(id, created, numbered, seq)| (id, (created, numbered, seq)),
+                ))),
+                false => Err(format!("{} of {}", rows.len(), ids.len())),
+            }
+        },
+    )
+    .await;
     let top = stored.values().map(|(_, _, seq)| *seq).max().unwrap_or(0);
     wait_until(
         "every followed ride to be counted by both consumers",
