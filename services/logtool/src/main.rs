@@ -1,7 +1,9 @@
 //! `rocket-rides-log`: look inside the log. Reads Redis and Postgres with the services' own
-//! variables (`REDIS_URL`, `DATABASE_URL`, `STREAM_NAME`); changes nothing.
+//! variables (`REDIS_URL`, `DATABASE_URL`, `STREAM_NAME`); changes nothing but dead letters,
+//! and those only with `--execute`. Exits 0, 1 on failure, 2 on bad usage or configuration.
 
 mod consumers;
+mod dead_letters;
 mod info;
 mod print;
 mod range;
@@ -60,7 +62,15 @@ enum Command {
     /// Every checkpointed consumer and consumer group: position, lag (entries and seconds),
     /// pending entries.
     Consumers,
+    /// The entries readers set aside: list them, send them back to their group, or drop them.
+    #[command(subcommand)]
+    DeadLetters(dead_letters::Command),
 }
+
+/// Bad usage or configuration: exit code 2, as for what clap refuses.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(String);
 
 /// What a command reads from.
 pub struct Log {
@@ -84,19 +94,23 @@ impl Log {
         match only {
             None => Ok((0..self.partitions).collect()),
             Some(p) if (0..self.partitions).contains(&p) => Ok(vec![p]),
-            Some(p) => anyhow::bail!(
+            Some(p) => Err(Usage(format!(
                 "no partition {p}: the log has {} (0 to {})",
                 self.partitions,
                 self.partitions - 1
-            ),
+            ))
+            .into()),
         }
     }
 }
 
 async fn open(stream: String) -> anyhow::Result<Log> {
     let vars = Vars::from_env();
-    let redis = RedisConfig::from_vars(&vars)?;
-    let pool = PostgresConfig::from_vars(&vars, 2)?.pool()?;
+    let usage = |e: &dyn std::fmt::Display| Usage(e.to_string());
+    let redis = RedisConfig::from_vars(&vars).map_err(|e| usage(&e))?;
+    let pool = PostgresConfig::from_vars(&vars, 2)
+        .map_err(|e| usage(&e))?
+        .pool()?;
     let (_, _, partitions) = archive::log(&pool)
         .await
         .context("cannot read the log's head from Postgres (DATABASE_URL)")?;
@@ -117,6 +131,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Revrange(args) => range::run(&log, &out, &args, true).await,
         Command::Info => info::run(&log, &out).await,
         Command::Consumers => consumers::run(&log, &out).await,
+        Command::DeadLetters(command) => dead_letters::run(&log, &out, command).await,
     }
 }
 
@@ -127,7 +142,10 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rocket-rides-log: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<Usage>() {
+                Some(_) => ExitCode::from(2),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
