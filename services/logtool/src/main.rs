@@ -26,13 +26,14 @@ use crate::print::Printer;
     name = "rocket-rides-log",
     version,
     about = "Look inside the Rocket Rides log: follow it, read it by seq, see its partitions and \
-             who consumes it",
+             who consumes it, handle its dead letters",
     after_help = "Connects with the services' variables: REDIS_URL (a comma-separated list for a \
                   Redis Cluster), DATABASE_URL, STREAM_NAME. Colour when stdout is a terminal \
                   (NO_COLOR turns it off)."
 )]
 struct Cli {
-    /// One JSON object per line (tail, range, revrange) or one JSON document (info, consumers).
+    /// One JSON object per line (tail, range, revrange) or one JSON document (info, consumers,
+    /// dead-letters).
     #[arg(long, global = true)]
     json: bool,
     /// The log's name.
