@@ -93,18 +93,7 @@ async fn dead_letters_are_listed_redriven_once_and_dropped() {
         .await
         .unwrap();
     let mut redis = sys.redis.connection().await;
-    let top = rocket_rides_log::stream::last_id(&mut redis, &stream(partition))
-        .await
-        .unwrap();
-    let poison = format!("{}-1", top.ms);
-    let _: String = redis::cmd("XADD")
-        .arg(stream(partition))
-        .arg(&poison)
-        .arg("junk")
-        .arg("1")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let poison = rocket_rides_tests::add_poison(&mut redis, &stream(partition)).await;
     let _member = start_member(&sys).await;
 
     // list: both letters, with their readers, reasons, deliveries and original entries.

@@ -72,12 +72,6 @@ mod tests {
     #[test]
     fn parses_the_commands() {
         Cli::command().debug_assert();
-        assert!(
-            Cli::try_parse_from(["rocket-rides-api"])
-                .unwrap()
-                .command
-                .is_none()
-        );
         let migrate = Cli::try_parse_from(["rocket-rides-api", "migrate"]).unwrap();
         assert!(matches!(migrate.command, Some(Command::Migrate)));
         let unknown = Cli::try_parse_from(["rocket-rides-api", "serve"])

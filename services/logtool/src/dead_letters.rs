@@ -103,8 +103,8 @@ pub async fn run(log: &Log, out: &Printer, command: Command) -> anyhow::Result<(
     let mut redis = log.connect()?;
     match command {
         Command::List(select) => list(log, out, &mut redis, &select).await,
-        Command::Redrive(change) => redrive(log, out, &mut redis, &change).await,
-        Command::Drop(change) => drop(log, out, &mut redis, &change).await,
+        Command::Redrive(change) => each(log, out, &mut redis, &change, Act::Redrive).await,
+        Command::Drop(change) => each(log, out, &mut redis, &change, Act::Drop).await,
     }
 }
 
@@ -332,28 +332,26 @@ fn gone(missing: Vec<StreamId>) -> impl Iterator<Item = Outcome> {
     })
 }
 
-async fn drop(
+#[derive(Clone, Copy)]
+enum Act {
+    Redrive,
+    Drop,
+}
+
+/// Redrives or drops each selected letter (or says what it would do), then reports.
+async fn each(
     log: &Log,
     out: &Printer,
     redis: &mut RedisConnection,
     change: &Change,
+    act: Act,
 ) -> anyhow::Result<()> {
     let (letters, missing) = select(log, redis, &change.select).await?;
     let mut outcomes = Vec::new();
     for letter in letters {
-        let key = dead_letter_stream(&log.stream_key(letter.partition));
-        let (outcome, detail) = if !change.execute {
-            ("would drop", String::new())
-        } else {
-            let deleted: u64 = redis::cmd("XDEL")
-                .arg(&key)
-                .arg(letter.id)
-                .query_async(redis)
-                .await?;
-            match deleted {
-                0 => ("gone", "deleted meanwhile".to_string()),
-                _ => ("dropped", String::new()),
-            }
+        let (outcome, detail) = match act {
+            Act::Redrive => redrive(log, redis, &letter, change.execute).await?,
+            Act::Drop => drop(log, redis, &letter, change.execute).await?,
         };
         outcomes.push(Outcome {
             partition: Some(letter.partition),
@@ -365,6 +363,29 @@ async fn drop(
     outcomes.extend(gone(missing));
     report(out, log, change.execute, &outcomes);
     Ok(())
+}
+
+/// What happened to a letter (or would): its outcome and why.
+type Done = (&'static str, String);
+
+async fn drop(
+    log: &Log,
+    redis: &mut RedisConnection,
+    letter: &Letter,
+    execute: bool,
+) -> anyhow::Result<Done> {
+    if !execute {
+        return Ok(("would drop", String::new()));
+    }
+    let deleted: u64 = redis::cmd("XDEL")
+        .arg(dead_letter_stream(&log.stream_key(letter.partition)))
+        .arg(letter.id)
+        .query_async(redis)
+        .await?;
+    Ok(match deleted {
+        0 => ("gone", "deleted meanwhile".to_string()),
+        _ => ("dropped", String::new()),
+    })
 }
 
 /// Puts one group's dead-lettered entry back on the group's pending list and deletes the
@@ -437,69 +458,56 @@ fn redrivable(letter: &Letter, original: &Original) -> Result<StreamId, String> 
 
 async fn redrive(
     log: &Log,
-    out: &Printer,
     redis: &mut RedisConnection,
-    change: &Change,
-) -> anyhow::Result<()> {
-    let (letters, missing) = select(log, redis, &change.select).await?;
-    let mut outcomes = Vec::new();
-    for letter in letters {
-        let original = original(log, redis, &letter).await?;
-        let group = letter.field("group").unwrap_or_default();
-        let (outcome, detail) = match redrivable(&letter, &original) {
-            Err(why) => ("skipped", why),
-            Ok(_) if !change.execute => ("would redrive", format!("to group {group:?}")),
-            Ok(source) => {
-                let stream = log.stream_key(letter.partition);
-                let before = StreamId {
-                    ms: source.ms.saturating_sub(1),
-                    seq: u64::MAX,
-                };
-                let done: String = redis::cmd("EVAL")
-                    .arg(REDRIVE)
-                    .arg(2)
-                    .arg(&stream)
-                    .arg(dead_letter_stream(&stream))
-                    .arg(letter.id)
-                    .arg(group)
-                    .arg(source)
-                    .arg(before)
-                    .arg(REDRIVE_MEMBER)
-                    .arg(LONG_IDLE_MS)
-                    .query_async(redis)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "redriving dead letter {} of partition {}",
-                            letter.id, letter.partition
-                        )
-                    })?;
-                match done.as_str() {
-                    "redriven" => ("redriven", format!("pending for group {group:?} again")),
-                    "pending" => ("redriven", format!("already pending for group {group:?}")),
-                    "undelivered" => (
-                        "redriven",
-                        format!("group {group:?} has yet to be delivered it"),
+    letter: &Letter,
+    execute: bool,
+) -> anyhow::Result<Done> {
+    let original = original(log, redis, letter).await?;
+    let group = letter.field("group").unwrap_or_default();
+    Ok(match redrivable(letter, &original) {
+        Err(why) => ("skipped", why),
+        Ok(_) if !execute => ("would redrive", format!("to group {group:?}")),
+        Ok(source) => {
+            let stream = log.stream_key(letter.partition);
+            let before = StreamId {
+                ms: source.ms.saturating_sub(1),
+                seq: u64::MAX,
+            };
+            let done: String = redis::cmd("EVAL")
+                .arg(REDRIVE)
+                .arg(2)
+                .arg(&stream)
+                .arg(dead_letter_stream(&stream))
+                .arg(letter.id)
+                .arg(group)
+                .arg(source)
+                .arg(before)
+                .arg(REDRIVE_MEMBER)
+                .arg(LONG_IDLE_MS)
+                .query_async(redis)
+                .await
+                .with_context(|| {
+                    format!(
+                        "redriving dead letter {} of partition {}",
+                        letter.id, letter.partition
+                    )
+                })?;
+            match done.as_str() {
+                "redriven" => ("redriven", format!("pending for group {group:?} again")),
+                "pending" => ("redriven", format!("already pending for group {group:?}")),
+                "undelivered" => (
+                    "redriven",
+                    format!("group {group:?} has yet to be delivered it"),
+                ),
+                "gone" => ("gone", "deleted meanwhile".to_string()),
+                "no-group" => (
+                    "skipped",
+                    format!(
+                        "Redis has no group {group:?} on {stream:?} (yet): its members create it"
                     ),
-                    "gone" => ("gone", "deleted meanwhile".to_string()),
-                    "no-group" => (
-                        "skipped",
-                        format!(
-                            "Redis has no group {group:?} on {stream:?} (yet): its members create it"
-                        ),
-                    ),
-                    _ => ("skipped", format!("the stream no longer holds {source}")),
-                }
+                ),
+                _ => ("skipped", format!("the stream no longer holds {source}")),
             }
-        };
-        outcomes.push(Outcome {
-            partition: Some(letter.partition),
-            id: letter.id,
-            outcome,
-            detail,
-        });
-    }
-    outcomes.extend(gone(missing));
-    report(out, log, change.execute, &outcomes);
-    Ok(())
+        }
+    })
 }
