@@ -132,6 +132,23 @@ async fn dead_letters_are_listed_redriven_once_and_dropped() {
     let ride_id = ride_letter["id"].as_str().unwrap().to_string();
     let poison_id = poison_letter["id"].as_str().unwrap().to_string();
 
+    // The same as text, one row a letter under a header.
+    let (out, _) = run(&sys, &["dead-letters", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let row = text
+        .lines()
+        .find(|l| l.contains(&ride_id))
+        .unwrap_or_else(|| panic!("no row for {ride_id}:\n{text}"));
+    for part in [
+        "group history (history-a)",
+        "could not be projected",
+        &format!("ride {ride}"),
+    ] {
+        assert!(row.contains(part), "{part:?} not in {row:?}");
+    }
+    assert_eq!(text.lines().count(), 3, "{text}");
+
     // The gauge counts them.
     let gauge = |want: f64| {
         let streamer = &p.streamer;
