@@ -1,7 +1,7 @@
 //! `rocket-rides-log dead-letters` on a running system: letters written by the history group
 //! itself are listed with their reasons, a ride's letter is redriven into the group once (the
 //! read model ends exact, a re-run changes nothing), a letter that holds no record is skipped and
-//! then dropped, and the streamer's gauge follows.
+//! then dropped, and the streamer's gauge follows; on a Redis Cluster.
 
 use std::process::Output;
 
@@ -57,7 +57,9 @@ async fn start_member(sys: &System) -> History {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dead_letters_are_listed_redriven_once_and_dropped() {
-    let sys = System::start().await;
+    // On a Redis Cluster: the redrive script touches the partition's stream and its dead-letter
+    // stream, which share a slot.
+    let sys = System::start_on_cluster().await;
     let p = sys.pipeline(&[], &[]).await;
     let mut member = start_member(&sys).await;
     assert_eq!(p.api.load(5, 2).await, 5);
@@ -67,23 +69,18 @@ async fn dead_letters_are_listed_redriven_once_and_dropped() {
     // A ride the history cannot project while its row disagrees with the record (a cause an
     // operator fixes), streamed while no member runs; then an entry that is no log record.
     let ride = p.api.create(12.5).await.unwrap().ride_id;
-    let (partition, seq): (i32, i64) = sqlx::query_as(
-        "SELECT partition, seq FROM log_records WHERE ride_id = $1 AND seq IS NOT NULL",
-    )
-    .bind(ride)
-    .fetch_one(&sys.db)
-    .await
-    .unwrap();
-    wait_until("the ride to be streamed", CAUGHT_UP, || async {
-        let streamed: i64 =
-            sqlx::query_scalar("SELECT streamed_seq FROM log_partitions WHERE partition = $1")
-                .bind(partition)
-                .fetch_one(&sys.db)
-                .await
-                .map_err(|e| e.to_string())?;
-        match streamed >= seq {
-            true => Ok(()),
-            false => Err(format!("streamed up to seq {streamed}")),
+    let (partition, seq) = wait_until("the ride to be streamed", CAUGHT_UP, || async {
+        let row: Option<(i32, i64, i64)> = sqlx::query_as(
+            "SELECT r.partition, r.seq, p.streamed_seq FROM log_records r
+             JOIN log_partitions p USING (partition) WHERE r.ride_id = $1 AND r.seq IS NOT NULL",
+        )
+        .bind(ride)
+        .fetch_optional(&sys.db)
+        .await
+        .map_err(|e| e.to_string())?;
+        match row {
+            Some((partition, seq, streamed)) if streamed >= seq => Ok((partition, seq)),
+            other => Err(format!("not yet streamed: {other:?}")),
         }
     })
     .await;
@@ -92,7 +89,7 @@ async fn dead_letters_are_listed_redriven_once_and_dropped() {
         .execute(&sys.db)
         .await
         .unwrap();
-    let mut redis = sys.redis.connection().await;
+    let mut redis = sys.cluster.as_ref().unwrap().connection().await;
     let poison = rocket_rides_tests::add_poison(&mut redis, &stream(partition)).await;
     let _member = start_member(&sys).await;
 
@@ -210,7 +207,7 @@ async fn dead_letters_are_listed_redriven_once_and_dropped() {
         let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
             .arg(stream(partition))
             .arg("history")
-            .query_async(&mut sys.redis.connection().await)
+            .query_async(&mut redis.clone())
             .await
             .map_err(|e| e.to_string())?;
         match pending.count() {
