@@ -144,18 +144,7 @@ async fn a_poison_entry_is_dead_lettered_after_max_deliveries_and_the_group_goes
 
     // An entry that is no log record, at an id the streamer's next one still follows.
     let mut redis = sys.cluster.as_ref().unwrap().connection().await;
-    let top = rocket_rides_log::stream::last_id(&mut redis, &stream(0))
-        .await
-        .unwrap();
-    let poison = format!("{}-1", top.ms);
-    let _: String = redis::cmd("XADD")
-        .arg(stream(0))
-        .arg(&poison)
-        .arg("junk")
-        .arg("1")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let poison = rocket_rides_tests::add_poison(&mut redis, &stream(0)).await;
     assert_eq!(p.api.load(10, 2).await, 10);
     wait_history_complete(&sys).await;
 

@@ -5,6 +5,7 @@
 
 mod api;
 mod cluster;
+mod dead_letters;
 mod failures;
 mod groups;
 mod history;

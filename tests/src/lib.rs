@@ -27,6 +27,24 @@ pub fn stream(p: i32) -> String {
     rocket_rides_log::partition::stream_key(rocket_rides_log::stream::DEFAULT_STREAM, p)
 }
 
+/// Adds to `stream` an entry that is no log record, at an id no record has (`<top>-1`, which
+/// the streamer's next entry still follows), as another program might; returns its id.
+pub async fn add_poison(redis: &mut impl redis::aio::ConnectionLike, stream: &str) -> String {
+    let top = rocket_rides_log::stream::last_id(redis, stream)
+        .await
+        .unwrap();
+    let poison = format!("{}-1", top.ms);
+    let _: String = redis::cmd("XADD")
+        .arg(stream)
+        .arg(&poison)
+        .arg("junk")
+        .arg("1")
+        .query_async(redis)
+        .await
+        .unwrap();
+    poison
+}
+
 /// A port nobody listens on right now, and that this test process has not handed out before.
 ///
 /// Ports come from below the kernel's ephemeral range (32768-60999 here): a port taken from that

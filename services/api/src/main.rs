@@ -3,24 +3,36 @@
 
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
 use rocket_rides_api::{Config, NAME};
 use rocket_rides_platform::{config::Vars, postgres::PostgresConfig, runner, shutdown, telemetry};
 
-const USAGE: &str = "usage: rocket-rides-api [migrate]\n  (no argument)  serve RideService on LISTEN_ADDR\n  migrate         apply the database schema (and LOG_PARTITIONS to a new log) and exit";
+#[derive(Parser)]
+#[command(
+    name = "rocket-rides-api",
+    version,
+    about = "Serve rocketrides.v1.RideService on LISTEN_ADDR (default 0.0.0.0:50051); with a \
+             command, run it and exit",
+    after_help = "Configured by environment variables (DATABASE_URL, LISTEN_ADDR, LOG_PARTITIONS, \
+                  METRICS_ADDR, ...; see the README). Exit codes: 0, 1 on failure, 2 on bad usage \
+                  or configuration."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply the database schema (and LOG_PARTITIONS to a new log) and exit.
+    Migrate,
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match std::env::args().nth(1).as_deref() {
+    match Cli::parse().command {
         None => runner::main(NAME, Config::from_vars, rocket_rides_api::run).await,
-        Some("migrate") => migrate().await,
-        Some("-h" | "--help" | "help") => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        Some(other) => {
-            eprintln!("unknown command {other:?}\n{USAGE}");
-            ExitCode::from(2)
-        }
+        Some(Command::Migrate) => migrate().await,
     }
 }
 
@@ -48,5 +60,23 @@ async fn migrate() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn parses_the_commands() {
+        Cli::command().debug_assert();
+        let migrate = Cli::try_parse_from(["rocket-rides-api", "migrate"]).unwrap();
+        assert!(matches!(migrate.command, Some(Command::Migrate)));
+        let unknown = Cli::try_parse_from(["rocket-rides-api", "serve"])
+            .err()
+            .unwrap();
+        assert_eq!(unknown.exit_code(), 2);
     }
 }

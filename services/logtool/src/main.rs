@@ -1,7 +1,9 @@
 //! `rocket-rides-log`: look inside the log. Reads Redis and Postgres with the services' own
-//! variables (`REDIS_URL`, `DATABASE_URL`, `STREAM_NAME`); changes nothing.
+//! variables (`REDIS_URL`, `DATABASE_URL`, `STREAM_NAME`); changes nothing but dead letters,
+//! and those only with `--execute`. Exits 0, 1 on failure, 2 on bad usage or configuration.
 
 mod consumers;
+mod dead_letters;
 mod info;
 mod print;
 mod range;
@@ -24,13 +26,14 @@ use crate::print::Printer;
     name = "rocket-rides-log",
     version,
     about = "Look inside the Rocket Rides log: follow it, read it by seq, see its partitions and \
-             who consumes it",
+             who consumes it, handle its dead letters",
     after_help = "Connects with the services' variables: REDIS_URL (a comma-separated list for a \
                   Redis Cluster), DATABASE_URL, STREAM_NAME. Colour when stdout is a terminal \
                   (NO_COLOR turns it off)."
 )]
 struct Cli {
-    /// One JSON object per line (tail, range, revrange) or one JSON document (info, consumers).
+    /// One JSON object per line (tail, range, revrange) or one JSON document (info, consumers,
+    /// dead-letters).
     #[arg(long, global = true)]
     json: bool,
     /// The log's name.
@@ -60,7 +63,15 @@ enum Command {
     /// Every checkpointed consumer and consumer group: position, lag (entries and seconds),
     /// pending entries.
     Consumers,
+    /// The entries readers set aside: list them, send them back to their group, or drop them.
+    #[command(subcommand)]
+    DeadLetters(dead_letters::Command),
 }
+
+/// Bad usage or configuration: exit code 2, as for what clap refuses.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(String);
 
 /// What a command reads from.
 pub struct Log {
@@ -84,19 +95,23 @@ impl Log {
         match only {
             None => Ok((0..self.partitions).collect()),
             Some(p) if (0..self.partitions).contains(&p) => Ok(vec![p]),
-            Some(p) => anyhow::bail!(
+            Some(p) => Err(Usage(format!(
                 "no partition {p}: the log has {} (0 to {})",
                 self.partitions,
                 self.partitions - 1
-            ),
+            ))
+            .into()),
         }
     }
 }
 
 async fn open(stream: String) -> anyhow::Result<Log> {
     let vars = Vars::from_env();
-    let redis = RedisConfig::from_vars(&vars)?;
-    let pool = PostgresConfig::from_vars(&vars, 2)?.pool()?;
+    let usage = |e: &dyn std::fmt::Display| Usage(e.to_string());
+    let redis = RedisConfig::from_vars(&vars).map_err(|e| usage(&e))?;
+    let pool = PostgresConfig::from_vars(&vars, 2)
+        .map_err(|e| usage(&e))?
+        .pool()?;
     let (_, _, partitions) = archive::log(&pool)
         .await
         .context("cannot read the log's head from Postgres (DATABASE_URL)")?;
@@ -117,6 +132,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Revrange(args) => range::run(&log, &out, &args, true).await,
         Command::Info => info::run(&log, &out).await,
         Command::Consumers => consumers::run(&log, &out).await,
+        Command::DeadLetters(command) => dead_letters::run(&log, &out, command).await,
     }
 }
 
@@ -127,7 +143,10 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rocket-rides-log: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<Usage>() {
+                Some(_) => ExitCode::from(2),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Gauges measured once a second from the outside of the pipeline, so they keep moving when a
 //! consumer is down: the staged backlog and its oldest record's age, the archive's age, the
-//! stream's length, and
-//! each registered consumer's lag, in records and in seconds (how long ago the record after its
+//! stream's length, the
+//! dead letters waiting in each partition, and each registered consumer's lag, in records and in seconds (how long ago the record after its
 //! checkpoint was numbered), and whether it has expired.
 
 use std::time::Duration;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use rocket_rides_log::{
     archive, partition,
     positions::{self, Lag},
+    stream::dead_letter_stream,
 };
 use rocket_rides_platform::redis_conn::RedisConnection;
 use rocket_rides_platform::shutdown::CancellationToken;
@@ -69,9 +70,14 @@ async fn measure(
     for p in 0..partitions {
         let key = partition::stream_key(stream, p);
         len += redis::cmd("XLEN")
-            .arg(key)
+            .arg(&key)
             .query_async::<u64>(redis)
             .await?;
+        let dead = redis::cmd("XLEN")
+            .arg(dead_letter_stream(&key))
+            .query_async::<u64>(redis)
+            .await?;
+        Metrics::dead_letters(p).set(dead as f64);
     }
     metrics.stream_length.set(len as f64);
 

@@ -65,6 +65,12 @@ impl Metrics {
         .increment(1);
     }
 
+    /// `rocket_rides_dead_letters{partition}`: entries waiting in the partition's dead-letter
+    /// stream for an operator (`rocket-rides-log dead-letters`).
+    pub fn dead_letters(partition: i32) -> Gauge {
+        gauge!("rocket_rides_dead_letters", "partition" => partition.to_string())
+    }
+
     pub fn lag(consumer: &str) -> Lag {
         Lag {
             entries: gauge!("rocket_rides_consumer_lag_entries", "consumer" => consumer.to_string()),
