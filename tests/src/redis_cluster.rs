@@ -117,7 +117,10 @@ impl RedisCluster {
             .position(|n| n.port == port && n.running())
     }
 
-    /// Waits until every live node says `cluster_state:ok` (all slots served by live masters).
+    /// Waits until every live node says `cluster_state:ok` (all slots served by live masters)
+    /// and every live replica has synchronized with its master: a replica that never did has
+    /// no data and cannot take over (CI once killed a master 7 s after the cluster formed,
+    /// before its diskless sync began, and no replica ever took over).
     pub async fn wait_healthy(&self, timeout: Duration) {
         wait_until("the Redis Cluster to be healthy", timeout, || async {
             for node in self.nodes.iter().filter(|n| n.running()) {
@@ -129,6 +132,16 @@ impl RedisCluster {
                     .map_err(|e| e.to_string())?;
                 if !info.contains("cluster_state:ok") {
                     return Err(format!("node {} is not ok yet", node.port));
+                }
+                let replication: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if replication.contains("role:slave")
+                    && !replication.contains("master_link_status:up")
+                {
+                    return Err(format!("replica {} has not synchronized yet", node.port));
                 }
             }
             Ok(())

@@ -100,7 +100,15 @@ async fn create_one(
             Err(status) if retryable(status.code()) && !cancel.is_cancelled() => {
                 let delay = backoff.next_delay();
                 tracing::warn!(code = ?status.code(), message = status.message(), retry_in = ?delay, "CreateRide failed; retrying with the same idempotency key");
-                tokio::time::sleep(delay).await;
+                // A shutdown does not wait out a backoff (up to 5 s): no call is in flight.
+                tokio::select! {
+                    _ = cancel.cancelled() => {
+                        metrics.failed.increment(1);
+                        tracing::warn!(code = ?status.code(), "CreateRide failed; not retried: shutting down");
+                        return;
+                    }
+                    _ = tokio::time::sleep(delay) => {}
+                }
             }
             Err(status) => {
                 metrics.failed.increment(1);
