@@ -8,7 +8,10 @@
 use std::{
     collections::HashMap,
     process::Command,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -525,8 +528,10 @@ async fn end_to_end_run(api: &Api, sys: &System, rate: f64, secs: u64) -> Vec<Ho
     let followed: Arc<Mutex<Vec<(i64, SystemTime)>>> = Arc::default();
     let done = CancellationToken::new();
     // When both checkpoints of partition 0 reached which seq.
+    // The newest seq both have counted, as the poller last saw it.
+    let counted_upto = Arc::new(AtomicI64::new(0));
     let progress = {
-        let (db, done) = (sys.db.clone(), done.clone());
+        let (db, done, counted_upto) = (sys.db.clone(), done.clone(), counted_upto.clone());
         tokio::spawn(async move {
             let mut conn = db.acquire().await.unwrap();
             let mut seen: Vec<(SystemTime, i64)> = Vec::new();
@@ -543,6 +548,7 @@ async fn end_to_end_run(api: &Api, sys: &System, rate: f64, secs: u64) -> Vec<Ho
                     && seen.last().is_none_or(|(_, last)| *last < counted)
                 {
                     seen.push((now, counted));
+                    counted_upto.store(counted, Ordering::Relaxed);
                 }
                 if done.is_cancelled() {
                     return seen;
@@ -608,25 +614,18 @@ async fn end_to_end_run(api: &Api, sys: &System, rate: f64, secs: u64) -> Vec<Ho
     )
     .await;
     let top = stored.values().map(|(_, _, seq)| *seq).max().unwrap_or(0);
+    // On the poller's own samples, so the one that saw the last ride counted is recorded.
     wait_until(
         "every followed ride to be counted by both consumers",
         Duration::from_secs(60),
         || async {
-            let (counted,): (Option<i64>,) = sqlx::query_as(
-                "SELECT min(last_seq) FROM consumer_positions WHERE partition = 0 AND kind = 'checkpoint'",
-            )
-            .fetch_one(&sys.db)
-            .await
-            .unwrap();
-            match counted {
-                Some(c) if c >= top => Ok(()),
-                other => Err(other),
+            match counted_upto.load(Ordering::Relaxed) {
+                counted if counted >= top => Ok(()),
+                counted => Err(counted),
             }
         },
     )
     .await;
-    // Past the last poll that can matter.
-    tokio::time::sleep(Duration::from_millis(5)).await;
     done.cancel();
     let seen = progress.await.unwrap();
     let secs_of = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
